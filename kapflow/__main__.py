@@ -1,0 +1,5 @@
+import sys
+
+from kapflow.entrypoints.cli import main
+
+sys.exit(main())

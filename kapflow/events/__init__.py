@@ -1,0 +1,23 @@
+"""Event contracts: the CloudEvents envelope and one pydantic model per event type."""
+
+from kapflow.events.envelope import CloudEvent
+from kapflow.events.registry import (
+    EVENT_MODELS,
+    EVENT_TYPES,
+    Reason,
+    Rejection,
+    event_json_schemas,
+    parse_event,
+    parse_event_object,
+)
+
+__all__ = [
+    "EVENT_MODELS",
+    "EVENT_TYPES",
+    "CloudEvent",
+    "Reason",
+    "Rejection",
+    "event_json_schemas",
+    "parse_event",
+    "parse_event_object",
+]

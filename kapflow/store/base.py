@@ -1,0 +1,237 @@
+"""The store interface: what the service layer needs from a database, and nothing more.
+
+One transaction per batch: the service layer reads what it needs inside the transaction
+(receipts, client snapshots, parked events), computes every outcome with the engine, and
+hands the adapter one `BatchWrites` to write before commit. Adapters (SQLite, PostgreSQL)
+differ only in SQL; tests/store_contract.py runs the same suite against both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kapflow.workflow.client import ClientSnapshot
+from kapflow.workflow.tasks import Task
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class HistoryEntry:
+    """One accepted event in a client's history, hash-chained to the previous entry."""
+
+    client_id: str
+    seq: int
+    source: str
+    event_id: str
+    type: str
+    occurred_at: str
+    recorded_at: str
+    pathway_version: str
+    from_state: str
+    to_state: str
+    event: str  # the CloudEvent as kapflow recorded it (JSON)
+    outcome: str  # the recorded outcome (JSON): states, task changes, reasons
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "seq": self.seq,
+            "source": self.source,
+            "event_id": self.event_id,
+            "type": self.type,
+            "occurred_at": self.occurred_at,
+            "recorded_at": self.recorded_at,
+            "pathway_version": self.pathway_version,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+            "event": json.loads(self.event),
+            "outcome": json.loads(self.outcome),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def chain_hash(
+    prev_hash: str,
+    client_id: str,
+    seq: int,
+    source: str,
+    event_id: str,
+    type_: str,
+    occurred_at: str,
+    recorded_at: str,
+    pathway_version: str,
+    from_state: str,
+    to_state: str,
+    event: str,
+    outcome: str,
+) -> str:
+    """SHA-256 over the previous hash and every recorded field of the entry."""
+    material = "\x1e".join(
+        (
+            prev_hash,
+            client_id,
+            str(seq),
+            source,
+            event_id,
+            type_,
+            occurred_at,
+            recorded_at,
+            pathway_version,
+            from_state,
+            to_state,
+            event,
+            outcome,
+        )
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def entry_hash(entry: HistoryEntry) -> str:
+    return chain_hash(
+        entry.prev_hash,
+        entry.client_id,
+        entry.seq,
+        entry.source,
+        entry.event_id,
+        entry.type,
+        entry.occurred_at,
+        entry.recorded_at,
+        entry.pathway_version,
+        entry.from_state,
+        entry.to_state,
+        entry.event,
+        entry.outcome,
+    )
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class ParkedEvent:
+    source: str
+    event_id: str
+    client_id: str
+    type: str
+    occurred_at: str
+    recorded_at: str
+    event: str  # JSON
+    reasons: str  # JSON
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class RejectedRecord:
+    key_source: str
+    key_id: str
+    source: str | None
+    event_id: str | None
+    client_id: str | None
+    type: str | None
+    recorded_at: str
+    reasons: str  # JSON list of reason objects
+    original: str  # the original message text (dead letter)
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class OutboxRef:
+    """A transactional-outbox row: points at what was recorded, rendered when published.
+
+    `kind` "history" → the (client_id, seq) history entry (its state and task changes);
+    `kind` "rejection" → the rejected record keyed (key_source, key_id).
+    """
+
+    kind: str
+    client_id: str | None
+    seq: int | None
+    key_source: str | None
+    key_id: str | None
+    recorded_at: str
+
+
+OutboxRow = tuple[int, OutboxRef, "HistoryEntry | RejectedRecord"]
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class Receipt:
+    source: str
+    event_id: str
+    client_id: str | None
+    outcome: str
+    recorded_at: str
+
+
+@dataclass(slots=True)
+class BatchWrites:
+    """Everything one batch changes, written by the adapter in one transaction."""
+
+    history: list[HistoryEntry] = field(default_factory=list)
+    receipts: dict[tuple[str, str], Receipt] = field(default_factory=dict)
+    rejections: list[RejectedRecord] = field(default_factory=list)
+    parked_added: dict[tuple[str, str], ParkedEvent] = field(default_factory=dict)
+    parked_removed: set[tuple[str, str]] = field(default_factory=set)
+    clients: dict[str, ClientSnapshot] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    outbox: list[OutboxRef] = field(default_factory=list)
+
+
+class StoreTransaction(Protocol):
+    """Reads inside the write transaction (PostgreSQL locks the client rows it returns)."""
+
+    def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]: ...
+
+    def clients(self, client_ids: list[str]) -> dict[str, ClientSnapshot]: ...
+
+    def parked(self, client_id: str) -> list[ParkedEvent]: ...
+
+    def write(self, batch: BatchWrites) -> None: ...
+
+
+class StoreError(Exception):
+    """A database problem the caller may retry (lost connection, lock conflict)."""
+
+
+class EventStore(Protocol):
+    url: str
+
+    def transaction(self) -> AbstractContextManager[StoreTransaction]: ...
+
+    # Reads ------------------------------------------------------------------------------
+    def get_client(self, client_id: str) -> ClientSnapshot | None: ...
+
+    def clients(self, state: str | None = None, limit: int = 1000) -> list[ClientSnapshot]: ...
+
+    def client_ids(self) -> Iterator[str]: ...
+
+    def count_by_state(self) -> dict[str, int]: ...
+
+    def history(self, client_id: str) -> list[HistoryEntry]: ...
+
+    def iter_history(self) -> Iterator[HistoryEntry]: ...
+
+    def tasks(
+        self,
+        *,
+        open_only: bool = False,
+        owner: str | None = None,
+        due_before: str | None = None,
+        client_id: str | None = None,
+        limit: int = 10000,
+    ) -> list[Task]: ...
+
+    def rejections(self, limit: int = 100, after: int = 0) -> list[tuple[int, RejectedRecord]]: ...
+
+    def parked_events(self, client_id: str | None = None) -> list[ParkedEvent]: ...
+
+    def outbox_after(self, position: int, limit: int = 500) -> list[OutboxRow]: ...
+
+    def unpublished(self, limit: int = 500) -> list[OutboxRow]: ...
+
+    def mark_published(self, positions: list[int], at: str) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,133 @@
+"""What kapflow knows about one client: the engine's state between events.
+
+Plain data, no framework imports. The engine never mutates a snapshot it was given;
+it works on a `copy()` and returns the new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kapflow.workflow.tasks import Task
+
+NEW = "new"  # the machine's initial pseudo-state: kapflow has not heard of the client yet
+# The hash the first history entry of every client chains to.
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(slots=True)
+class ClientSnapshot:
+    client_id: str
+    state: str = NEW
+    seq: int = 0
+    last_hash: str = GENESIS_HASH
+    last_event_time: str | None = None
+    # The state a hold will return to (SPEC §1: releasing a hold returns the client).
+    held_from: str | None = None
+    hold_reasons: list[str] = field(default_factory=list)
+    ineligible_reasons: list[str] = field(default_factory=list)
+    prescriber: str | None = None
+    pathway: str | None = None
+    clearance_valid_until: str | None = None  # ISO date
+    clearance_revoked: bool = False
+    doses_authorized: int = 0
+    doses_used: int = 0  # since the latest authorisation (R9)
+    subscription_active: bool = False
+    insurance_used: bool = False
+    preparation_sessions: int = 0
+    ready_for_dosing: bool = False
+    dosing_sessions: int = 0
+    current_dosing_session: str | None = None
+    dosing_completed: bool = False
+    awaiting_integration: bool = False
+    no_shows: int = 0
+    chaperones_confirmed: list[str] = field(default_factory=list)
+    parked: int = 0
+    open_tasks: dict[str, Task] = field(default_factory=dict)
+
+    @property
+    def doses_remaining(self) -> int | None:
+        if self.pathway != "high_dose":
+            return None
+        return max(self.doses_authorized - self.doses_used, 0)
+
+    @property
+    def reasons(self) -> list[str]:
+        """Rule ids that made the client `ineligible` or put it `on_hold` (SPEC §7)."""
+        if self.state == "ineligible":
+            return list(self.ineligible_reasons)
+        if self.state == "on_hold":
+            return list(self.hold_reasons)
+        return []
+
+    def copy(self) -> ClientSnapshot:
+        # Written out field by field: this runs once per event on the hot path.
+        return ClientSnapshot(
+            client_id=self.client_id,
+            state=self.state,
+            seq=self.seq,
+            last_hash=self.last_hash,
+            last_event_time=self.last_event_time,
+            held_from=self.held_from,
+            prescriber=self.prescriber,
+            pathway=self.pathway,
+            clearance_valid_until=self.clearance_valid_until,
+            clearance_revoked=self.clearance_revoked,
+            doses_authorized=self.doses_authorized,
+            doses_used=self.doses_used,
+            subscription_active=self.subscription_active,
+            insurance_used=self.insurance_used,
+            preparation_sessions=self.preparation_sessions,
+            ready_for_dosing=self.ready_for_dosing,
+            dosing_sessions=self.dosing_sessions,
+            current_dosing_session=self.current_dosing_session,
+            dosing_completed=self.dosing_completed,
+            awaiting_integration=self.awaiting_integration,
+            no_shows=self.no_shows,
+            parked=self.parked,
+            hold_reasons=list(self.hold_reasons),
+            ineligible_reasons=list(self.ineligible_reasons),
+            chaperones_confirmed=list(self.chaperones_confirmed),
+            open_tasks=dict(self.open_tasks),
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        record = {f.name: getattr(self, f.name) for f in _FIELDS if f.name != "open_tasks"}
+        record["open_tasks"] = [task.as_dict() for task in self.open_tasks.values()]
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ClientSnapshot:
+        values = dict(record)
+        tasks = values.pop("open_tasks", [])
+        snapshot = cls(**values)
+        snapshot.open_tasks = {t["id"]: Task.from_dict(t) for t in tasks}
+        return snapshot
+
+    def view(self) -> dict[str, Any]:
+        """The public client object (SPEC §7 `kapflow client ID --json`)."""
+        return {
+            "client_id": self.client_id,
+            "state": self.state,
+            "seq": self.seq,
+            "pathway": self.pathway,
+            "prescriber": self.prescriber,
+            "clearance_valid_until": self.clearance_valid_until,
+            "doses_remaining": self.doses_remaining,
+            "dosing_sessions": self.dosing_sessions,
+            "subscription_active": self.subscription_active if self.pathway == "low_dose" else None,
+            "preparation_sessions": self.preparation_sessions,
+            "awaiting_integration": self.awaiting_integration,
+            "held_from": self.held_from if self.state == "on_hold" else None,
+            "reasons": self.reasons,
+            "parked_events": self.parked,
+            "last_event_time": self.last_event_time,
+            "open_tasks": sorted(
+                (task.as_dict() for task in self.open_tasks.values()),
+                key=lambda t: (t["due"], t["id"]),
+            ),
+        }
+
+
+_FIELDS = fields(ClientSnapshot)

@@ -1,0 +1,15 @@
+"""What each event does after its transition: facts, tasks opened and closed."""
+
+from collections.abc import Callable
+
+from kapflow.workflow.handlers import clinician, prescriber, scheduling, system
+from kapflow.workflow.handlers.effects import Effects, TaskChange
+
+HANDLERS: dict[str, Callable[[Effects], None]] = {
+    **scheduling.HANDLERS,
+    **prescriber.HANDLERS,
+    **clinician.HANDLERS,
+    **system.HANDLERS,
+}
+
+__all__ = ["HANDLERS", "Effects", "TaskChange"]

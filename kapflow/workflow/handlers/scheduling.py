@@ -1,0 +1,98 @@
+"""What scheduling events do: bookings close "schedule …" tasks and open the reminders."""
+
+from __future__ import annotations
+
+from kapflow.workflow.handlers.effects import Effects
+from kapflow.workflow.tasks import Owner, TaskCode, iso
+
+BOOKING_CLOSES: dict[str, str] = {
+    "assessment": TaskCode.SCHEDULE_ASSESSMENT,
+    "preparation": TaskCode.SCHEDULE_PREPARATION,
+    "dosing": TaskCode.SCHEDULE_DOSING,
+    "integration": TaskCode.SCHEDULE_INTEGRATION,
+}
+# Money is still owed after a course ends or a client leaves: billing keeps its tasks.
+KEEP_ON_EXIT = frozenset({Owner.BILLING})
+
+
+def inquiry_received(fx: Effects) -> None:
+    if fx.before.state == "new":
+        fx.open_task(
+            TaskCode.SCHEDULE_ASSESSMENT,
+            Owner.SCHEDULER,
+            fx.due_in(fx.policy.assessment_booking_within),
+        )
+
+
+def appointment_booked(fx: Effects) -> None:
+    data = fx.data
+    fx.close_tasks(BOOKING_CLOSES[data.kind])
+    fx.close_tasks(TaskCode.RESCHEDULE_APPOINTMENT, about=data.kind)
+    if data.kind != "dosing":
+        return
+    # Seed: a trusted person drives the client home; 24 h abstinence before dosing.
+    before_session = iso(data.starts_at - fx.policy.chaperone_confirmation_before_dosing)
+    if data.appointment_id not in fx.after.chaperones_confirmed:
+        fx.open_task(
+            TaskCode.CONFIRM_CHAPERONE, Owner.SCHEDULER, before_session, about=data.appointment_id
+        )
+    fx.open_task(
+        TaskCode.ABSTINENCE_REMINDER_BEFORE,
+        Owner.CLIENT,
+        iso(data.starts_at - fx.policy.abstinence_window),
+        about=data.appointment_id,
+    )
+
+
+def _reschedule(fx: Effects) -> None:
+    data = fx.data
+    fx.close_tasks(
+        TaskCode.CONFIRM_CHAPERONE,
+        TaskCode.ABSTINENCE_REMINDER_BEFORE,
+        about=data.appointment_id,
+        status="cancelled",
+    )
+    fx.open_task(
+        TaskCode.RESCHEDULE_APPOINTMENT,
+        Owner.SCHEDULER,
+        fx.due_in(fx.policy.reschedule_within),
+        about=data.kind,
+    )
+
+
+def appointment_cancelled(fx: Effects) -> None:
+    _reschedule(fx)
+
+
+def appointment_no_show(fx: Effects) -> None:
+    _reschedule(fx)
+    fx.after.no_shows += 1
+    if fx.after.no_shows == fx.policy.no_show_review_threshold:
+        fx.open_task(
+            TaskCode.CLINICAL_REVIEW,
+            Owner.CLINICIAN,
+            fx.due_in(fx.policy.clinical_review_within),
+            about="repeated-no-shows",
+            note="repeated no-shows",
+        )
+
+
+def chaperone_confirmed(fx: Effects) -> None:
+    appointment = fx.data.appointment_id
+    if appointment not in fx.after.chaperones_confirmed:
+        fx.after.chaperones_confirmed.append(appointment)
+    fx.close_tasks(TaskCode.CONFIRM_CHAPERONE, about=appointment)
+
+
+def client_withdrew(fx: Effects) -> None:
+    fx.cancel_open_tasks(keep_owners=KEEP_ON_EXIT)
+
+
+HANDLERS = {
+    "scheduling.inquiry_received": inquiry_received,
+    "scheduling.appointment_booked": appointment_booked,
+    "scheduling.appointment_cancelled": appointment_cancelled,
+    "scheduling.appointment_no_show": appointment_no_show,
+    "scheduling.chaperone_confirmed": chaperone_confirmed,
+    "scheduling.client_withdrew": client_withdrew,
+}

@@ -1,0 +1,195 @@
+"""The KAP care pathway: the one definition of states and transitions.
+
+Read this class to check the protocol: states, then the transitions each event may make,
+with guards (`cond`/`unless`) and validators named after the rule they check (rules.py).
+The engine runs a table compiled from this class (compiled.py), and a test proves the
+two agree on every state and event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statemachine import State, StateMachine
+
+from kapflow.workflow.states.rules import (
+    cleared_by_prescriber,
+    completes_current_dosing,
+    dosing_is_safe,
+    evaluation_names_matching_pathway,
+    integrates_latest_dosing,
+    integration_not_owed,
+    is_severe,
+    lapse_is_of_low_dose_subscription,
+    marked_ready,
+    meets_eligibility,
+    names_clients_prescriber,
+    returns_to,
+)
+
+# Bump whenever a transition, rule, task or policy default changes an outcome.
+PATHWAY_VERSION = "2026.11.1"
+
+
+def _stay(*states: State, **options: Any) -> Any:
+    """A self-transition in each state: the event is recorded, the state stays."""
+    transitions = [state.to.itself(internal=True, **options) for state in states]
+    combined = transitions[0]
+    for transition in transitions[1:]:
+        combined = combined | transition
+    return combined
+
+
+def _each(*states: State, to: State, **options: Any) -> Any:
+    transitions = [state.to(to, **options) for state in states]
+    combined = transitions[0]
+    for transition in transitions[1:]:
+        combined = combined | transition
+    return combined
+
+
+class CarePathway(StateMachine):
+    """Inquiry → assessed → cleared → prepared → dosed → integrating (→ dosed again)."""
+
+    # States -------------------------------------------------------------------------
+    new = State("new", initial=True)  # not yet known to kapflow
+    inquiry = State()
+    assessed = State()
+    cleared = State()
+    prepared = State()
+    dosed = State()
+    integrating = State()
+    ineligible = State()
+    on_hold = State()
+    completed = State(final=True)
+    withdrawn = State(final=True)
+
+    # Intake ---------------------------------------------------------------------------
+    receive_inquiry = new.to(inquiry) | inquiry.to.itself(internal=True)
+    complete_assessment = inquiry.to(assessed, cond=meets_eligibility) | inquiry.to(
+        ineligible, unless=meets_eligibility
+    )
+    request_reassessment = ineligible.to(inquiry)
+
+    # Independent medical evaluation (R5) ----------------------------------------------
+    complete_evaluation = assessed.to(
+        cleared, cond=cleared_by_prescriber, validators=evaluation_names_matching_pathway
+    ) | assessed.to(
+        ineligible, unless=cleared_by_prescriber, validators=evaluation_names_matching_pathway
+    )
+    renew_prescription = _stay(
+        cleared, prepared, dosed, integrating, on_hold, validators=names_clients_prescriber
+    )
+    revoke_clearance = _each(
+        cleared, prepared, dosed, integrating, to=on_hold, validators=names_clients_prescriber
+    ) | _stay(on_hold, validators=names_clients_prescriber)
+    lapse_subscription = _each(
+        cleared,
+        prepared,
+        dosed,
+        integrating,
+        to=on_hold,
+        validators=lapse_is_of_low_dose_subscription,
+    ) | _stay(on_hold, validators=lapse_is_of_low_dose_subscription)
+
+    # Preparation (R6) -------------------------------------------------------------------
+    complete_preparation = (
+        cleared.to(prepared, cond=marked_ready)
+        | cleared.to.itself(internal=True, unless=marked_ready)
+        | _stay(prepared, integrating)
+    )
+
+    # Dosing and integration (R5–R9, R11, R12) -------------------------------------------
+    start_dosing = _each(prepared, integrating, to=dosed, validators=dosing_is_safe)
+    complete_dosing = _stay(dosed, integrating, validators=completes_current_dosing)
+    complete_integration = dosed.to(integrating, validators=integrates_latest_dosing) | _stay(
+        integrating, validators=integrates_latest_dosing
+    )
+
+    # Safety (R10) and holds ---------------------------------------------------------------
+    report_adverse_event = (
+        _each(inquiry, assessed, cleared, prepared, dosed, integrating, to=on_hold, cond=is_severe)
+        | _stay(inquiry, assessed, cleared, prepared, dosed, integrating, unless=is_severe)
+        | _stay(on_hold)
+    )
+    place_hold = _each(
+        inquiry, assessed, cleared, prepared, dosed, integrating, to=on_hold
+    ) | _stay(on_hold)
+    release_hold = (
+        on_hold.to(inquiry, cond=returns_to("inquiry"))
+        | on_hold.to(assessed, cond=returns_to("assessed"))
+        | on_hold.to(cleared, cond=returns_to("cleared"))
+        | on_hold.to(prepared, cond=returns_to("prepared"))
+        | on_hold.to(dosed, cond=returns_to("dosed"))
+        | on_hold.to(integrating, cond=returns_to("integrating"))
+    )
+
+    # Scheduling facts: recorded in every open state ---------------------------------------
+    book_appointment = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
+    cancel_appointment = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
+    record_no_show = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
+    confirm_chaperone = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
+    reach_deadline = _stay(
+        inquiry, assessed, cleared, prepared, dosed, integrating, on_hold, ineligible
+    )
+
+    # Endings ------------------------------------------------------------------------------
+    complete_course = _each(
+        assessed,
+        cleared,
+        prepared,
+        dosed,
+        integrating,
+        on_hold,
+        to=completed,
+        validators=integration_not_owed,
+    )
+    withdraw = _each(
+        inquiry, assessed, cleared, prepared, dosed, integrating, on_hold, ineligible, to=withdrawn
+    )
+
+
+# Which machine event each CloudEvents type triggers.
+TRIGGERS: dict[str, str] = {
+    "scheduling.inquiry_received": "receive_inquiry",
+    "scheduling.appointment_booked": "book_appointment",
+    "scheduling.appointment_cancelled": "cancel_appointment",
+    "scheduling.appointment_no_show": "record_no_show",
+    "scheduling.chaperone_confirmed": "confirm_chaperone",
+    "scheduling.client_withdrew": "withdraw",
+    "prescriber.evaluation_completed": "complete_evaluation",
+    "prescriber.prescription_renewed": "renew_prescription",
+    "prescriber.clearance_revoked": "revoke_clearance",
+    "prescriber.subscription_lapsed": "lapse_subscription",
+    "clinician.assessment_completed": "complete_assessment",
+    "clinician.preparation_completed": "complete_preparation",
+    "clinician.dosing_started": "start_dosing",
+    "clinician.dosing_completed": "complete_dosing",
+    "clinician.integration_completed": "complete_integration",
+    "clinician.adverse_event_reported": "report_adverse_event",
+    "clinician.hold_placed": "place_hold",
+    "clinician.hold_released": "release_hold",
+    "clinician.course_completed": "complete_course",
+    "clinician.reassessment_requested": "request_reassessment",
+    "system.deadline_reached": "reach_deadline",
+}
+
+# The main line, in order; an event legal further along it is premature, not illegal.
+MAIN_LINE: tuple[str, ...] = (
+    "new",
+    "inquiry",
+    "assessed",
+    "cleared",
+    "prepared",
+    "dosed",
+    "integrating",
+)
+
+# Public client states (the pseudo-state `new` is never shown).
+CLIENT_STATES: tuple[str, ...] = tuple(
+    state.id for state in CarePathway.states if state.id != "new"
+)
+
+
+def mermaid_diagram() -> str:
+    return f"{CarePathway():mermaid}"

@@ -1,0 +1,256 @@
+"""The programme's rules R1–R12 as small named checks, guards and validators.
+
+Each check reads one rule of the seed (quoted in its docstring) and returns a `Reason`
+naming the rule id when the rule is broken. Guards choose between transitions; validators
+refuse an event outright by raising `RuleViolation` with every rule it broke.
+
+Everything here is pure: it reads the client snapshot, the event and the policy in a
+`RuleContext`, never a clock or any other state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kapflow.events.envelope import CloudEvent
+from kapflow.events.prescriber import PATHWAY_OF_PRESCRIBER
+from kapflow.events.registry import Reason
+from kapflow.workflow.client import ClientSnapshot
+from kapflow.workflow.policy import CarePolicy
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class RuleContext:
+    client: ClientSnapshot
+    event: CloudEvent
+    policy: CarePolicy
+
+    @property
+    def data(self) -> Any:
+        return self.event.data
+
+    @property
+    def event_date(self) -> str:
+        return self.event.time.date().isoformat()
+
+
+class RuleViolation(Exception):  # noqa: N818 - a domain term, not an error category
+    """An event that breaks one or more rules; carries every reason, never the payload."""
+
+    def __init__(self, reasons: tuple[Reason, ...]) -> None:
+        super().__init__(", ".join(reason.code for reason in reasons))
+        self.reasons = reasons
+
+
+Check = Callable[[RuleContext], Reason | None]
+
+
+def validator(*checks: Check, any_state: bool = False) -> Callable[[RuleContext], None]:
+    """Combine checks into one validator that reports every broken rule at once.
+
+    `any_state` marks rules that refuse the event whatever the client's state: such an
+    event is rejected at once, never parked as premature (SPEC §3).
+    """
+
+    def validate(ctx: RuleContext) -> None:
+        broken = tuple(reason for check in checks if (reason := check(ctx)) is not None)
+        if broken:
+            raise RuleViolation(broken)
+
+    validate.__name__ = "_and_".join(check.__name__ for check in checks)
+    validate.any_state = any_state  # type: ignore[attr-defined]
+    validate.checks = checks  # type: ignore[attr-defined]
+    return validate
+
+
+# --- Eligibility at assessment (R1–R4) -------------------------------------------------
+
+
+def r1_adult(ctx: RuleContext) -> Reason | None:
+    """Seed: "Clients must be 18 years or older." """
+    if ctx.data.age_years < 18:
+        return Reason("R1", "client must be 18 or older at assessment")
+    return None
+
+
+def r2_in_ongoing_therapy(ctx: RuleContext) -> Reason | None:
+    """Seed: available to current QMTS clients or those in therapy with a licensed provider."""
+    if ctx.data.therapy_status == "none":
+        return Reason("R2", "client must be a QMTS client or in ongoing therapy")
+    return None
+
+
+def r3_no_psychosis_mania_schizophrenia(ctx: RuleContext) -> Reason | None:
+    """Seed: not appropriate with a history of psychosis, mania, or schizophrenia."""
+    history = ctx.data.history
+    if history.psychosis or history.mania or history.schizophrenia:
+        return Reason("R3", "history of psychosis, mania or schizophrenia")
+    return None
+
+
+def r4_no_contraindicated_medication(ctx: RuleContext) -> Reason | None:
+    """Seed: not appropriate while taking MAOIs, stimulants or high-dose benzodiazepines."""
+    meds = ctx.data.current_medications
+    if meds.maoi or meds.stimulant or meds.high_dose_benzodiazepine:
+        return Reason("R4", "currently taking MAOIs, stimulants or high-dose benzodiazepines")
+    return None
+
+
+ELIGIBILITY_CHECKS: tuple[Check, ...] = (
+    r1_adult,
+    r2_in_ongoing_therapy,
+    r3_no_psychosis_mania_schizophrenia,
+    r4_no_contraindicated_medication,
+)
+
+
+def eligibility_failures(ctx: RuleContext) -> list[Reason]:
+    return [reason for check in ELIGIBILITY_CHECKS if (reason := check(ctx)) is not None]
+
+
+def meets_eligibility(ctx: RuleContext) -> bool:
+    return not eligibility_failures(ctx)
+
+
+# --- Medical clearance (R5) ------------------------------------------------------------
+
+
+def cleared_by_prescriber(ctx: RuleContext) -> bool:
+    return bool(ctx.data.outcome == "cleared")
+
+
+def r5_prescriber_fixes_pathway(ctx: RuleContext) -> Reason | None:
+    """Seed: Journey Clinical → higher-dose KAP; Joyous → psycholytic low-dose KAP."""
+    stated = ctx.data.pathway
+    if stated is not None and stated != PATHWAY_OF_PRESCRIBER[ctx.data.prescriber]:
+        return Reason("R5", "prescriber and pathway do not match", "data.pathway")
+    return None
+
+
+def r5_names_clients_prescriber(ctx: RuleContext) -> Reason | None:
+    """Only the prescriber who cleared the client can renew or revoke that clearance."""
+    if ctx.data.prescriber != ctx.client.prescriber:
+        return Reason("R5", "prescriber is not the client's clearing prescriber", "data.prescriber")
+    return None
+
+
+def r5_valid_clearance(ctx: RuleContext) -> Reason | None:
+    """Seed: every client must be cleared by an independent prescribing provider."""
+    client = ctx.client
+    if client.prescriber is None or client.clearance_valid_until is None:
+        return Reason("R5", "no medical clearance from an independent prescriber")
+    if client.clearance_revoked:
+        return Reason("R5", "medical clearance was revoked")
+    if client.clearance_valid_until < ctx.event_date:
+        return Reason("R5", "medical clearance has expired")
+    if ctx.data.pathway != client.pathway:
+        return Reason("R5", "dosing pathway differs from the cleared pathway", "data.pathway")
+    return None
+
+
+# --- Preparation (R6) ------------------------------------------------------------------
+
+
+def marked_ready(ctx: RuleContext) -> bool:
+    return bool(ctx.data.ready_for_dosing)
+
+
+def r6_preparation_done(ctx: RuleContext) -> Reason | None:
+    """Seed: one to three preparatory sessions before any dosing experience."""
+    if not ctx.client.ready_for_dosing or ctx.client.preparation_sessions < 1:
+        return Reason("R6", "at least one preparatory session and readiness are required")
+    return None
+
+
+# --- Dosing safety (R7, R8, R9) --------------------------------------------------------
+
+
+def r7_chaperone_and_abstinence(ctx: RuleContext) -> Reason | None:
+    """Seed: a trusted person drives the client home; no alcohol or substances for 24 h."""
+    missing = []
+    if not ctx.data.chaperone_confirmed:
+        missing.append("chaperone")
+    if not ctx.data.abstinence_attested:
+        missing.append("24-hour abstinence attestation")
+    if missing:
+        return Reason("R7", "dosing requires " + " and ".join(missing))
+    return None
+
+
+def r8_integration_followed_last_dosing(ctx: RuleContext) -> Reason | None:
+    """Seed: integration sessions follow each dosing experience."""
+    if ctx.client.awaiting_integration:
+        return Reason("R8", "an integration session must follow the previous dosing")
+    return None
+
+
+def r9_medication_available(ctx: RuleContext) -> Reason | None:
+    """Seed: $355 covers medication for two sessions; Joyous is a $129/month subscription."""
+    client = ctx.client
+    if client.pathway == "high_dose" and (client.doses_remaining or 0) <= 0:
+        return Reason("R9", "high-dose package exhausted: a renewed prescription is needed")
+    if client.pathway == "low_dose" and not client.subscription_active:
+        return Reason("R9", "low-dose dosing needs an active Joyous subscription")
+    return None
+
+
+def not_on_hold(ctx: RuleContext) -> Reason | None:
+    """A client on a safety or administrative hold is not dosed until the hold is released."""
+    if ctx.client.state == "on_hold":
+        rules = ",".join(ctx.client.hold_reasons) or "hold"
+        return Reason("ON_HOLD", f"client is on hold ({rules})")
+    return None
+
+
+def r9_subscription_is_low_dose(ctx: RuleContext) -> Reason | None:
+    if ctx.client.pathway != "low_dose" or ctx.data.prescriber != "joyous":
+        return Reason("R9", "only a Joyous low-dose client has a subscription", "data.prescriber")
+    return None
+
+
+def session_is_current_dosing(ctx: RuleContext) -> Reason | None:
+    if ctx.data.session_id != ctx.client.current_dosing_session:
+        return Reason("SESSION_MISMATCH", "session is not the latest dosing", "data.session_id")
+    return None
+
+
+def dosing_not_yet_completed(ctx: RuleContext) -> Reason | None:
+    if ctx.client.dosing_completed:
+        return Reason("ALREADY_COMPLETED", "this dosing session was already completed")
+    return None
+
+
+def is_severe(ctx: RuleContext) -> bool:
+    """Seed: a concerning reaction; a severe one stops the pathway until reviewed (R10)."""
+    return bool(ctx.data.severity == "severe")
+
+
+# --- Validators, as attached to the machine's transitions ------------------------------
+
+evaluation_names_matching_pathway = validator(r5_prescriber_fixes_pathway, any_state=True)
+dosing_is_safe = validator(
+    not_on_hold,
+    r5_valid_clearance,
+    r6_preparation_done,
+    r7_chaperone_and_abstinence,
+    r8_integration_followed_last_dosing,
+    r9_medication_available,
+    any_state=True,
+)
+names_clients_prescriber = validator(r5_names_clients_prescriber)
+lapse_is_of_low_dose_subscription = validator(r9_subscription_is_low_dose)
+completes_current_dosing = validator(session_is_current_dosing, dosing_not_yet_completed)
+integrates_latest_dosing = validator(session_is_current_dosing)
+integration_not_owed = validator(r8_integration_followed_last_dosing)
+
+
+def returns_to(state: str) -> Callable[[RuleContext], bool]:
+    """Guard of a hold release: true when the hold was placed from `state`."""
+
+    def guard(ctx: RuleContext) -> bool:
+        return ctx.client.held_from == state
+
+    guard.__name__ = f"held_from_{state}"
+    return guard

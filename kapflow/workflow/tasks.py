@@ -1,0 +1,184 @@
+"""Follow-up tasks, shaped like the HL7 FHIR R5 `Task` resource (SPEC §4).
+
+A task id is derived from the client, the event that raised it and the task code, so a
+replay or a retried delivery can never open the same task twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+_TASK_NAMESPACE = uuid.UUID("6f1c9a3e-2b7d-5c41-9e0a-4b8d2f7e1a55")
+_NAMESPACE_BYTES = _TASK_NAMESPACE.bytes
+
+OPEN_STATUSES = frozenset({"requested", "in-progress"})
+PRIORITY_ORDER = ("routine", "urgent", "asap", "stat")
+
+
+class Owner:
+    """Roles that own tasks (plain constants: read on every task, so no enum lookups)."""
+
+    SCHEDULER = "scheduler"
+    CLINICIAN = "clinician"
+    BILLING = "billing"
+    PRESCRIBER_LIAISON = "prescriber_liaison"
+    CLIENT = "client"
+
+
+class TaskCode:
+    """The task catalogue. Values are stable public codes."""
+
+    SCHEDULE_ASSESSMENT = "schedule-assessment"
+    VERIFY_INSURANCE_BENEFITS = "verify-insurance-benefits"
+    REFER_MEDICAL_EVALUATION = "refer-medical-evaluation"
+    SCHEDULE_PREPARATION = "schedule-preparation"
+    SCHEDULE_DOSING = "schedule-dosing"
+    CONFIRM_CHAPERONE = "confirm-chaperone"
+    ABSTINENCE_REMINDER_BEFORE = "abstinence-reminder-before-dosing"
+    ABSTINENCE_REMINDER_AFTER = "abstinence-reminder-after-dosing"
+    SCHEDULE_INTEGRATION = "schedule-integration"
+    BILL_PRIVATE_TIME = "bill-private-time"
+    RENEW_HIGH_DOSE_PACKAGE = "renew-high-dose-package"
+    RENEW_LOW_DOSE_SUBSCRIPTION = "renew-low-dose-subscription"
+    NOTIFY_PRESCRIBER_ADVERSE_EVENT = "notify-prescriber-adverse-event"
+    SAFETY_FOLLOW_UP = "safety-follow-up-release"
+    CLINICAL_REVIEW = "clinical-review"
+    RESCHEDULE_APPOINTMENT = "reschedule-appointment"
+    REVIEW_HOLD = "review-hold"
+
+
+# What each code means to the person who owns it (FHIR Task.description).
+DESCRIPTIONS: dict[str, str] = {
+    TaskCode.SCHEDULE_ASSESSMENT: "Book the initial KAP assessment",
+    TaskCode.VERIFY_INSURANCE_BENEFITS: "Verify insurance benefits for covered sessions",
+    TaskCode.REFER_MEDICAL_EVALUATION: "Refer for independent medical evaluation "
+    "(Journey Clinical or Joyous)",
+    TaskCode.SCHEDULE_PREPARATION: "Book a preparatory session",
+    TaskCode.SCHEDULE_DOSING: "Book the ketamine-assisted dosing session",
+    TaskCode.CONFIRM_CHAPERONE: "Confirm the trusted person who will drive the client home",
+    TaskCode.ABSTINENCE_REMINDER_BEFORE: "Remind: no alcohol or non-prescribed substances "
+    "for 24 h before dosing",
+    TaskCode.ABSTINENCE_REMINDER_AFTER: "Remind: no alcohol or non-prescribed substances "
+    "for 24 h after dosing",
+    TaskCode.SCHEDULE_INTEGRATION: "Book the integration session for the latest dosing",
+    TaskCode.BILL_PRIVATE_TIME: "Bill dosing time beyond the first hour privately",
+    TaskCode.RENEW_HIGH_DOSE_PACKAGE: "Renew the high-dose package with Journey Clinical",
+    TaskCode.RENEW_LOW_DOSE_SUBSCRIPTION: "Renew the Joyous low-dose subscription",
+    TaskCode.NOTIFY_PRESCRIBER_ADVERSE_EVENT: "Notify the prescriber of an adverse event",
+    TaskCode.SAFETY_FOLLOW_UP: "Safety follow-up: client was not released to a chaperone",
+    TaskCode.CLINICAL_REVIEW: "Clinical review",
+    TaskCode.RESCHEDULE_APPOINTMENT: "Reschedule a cancelled or missed appointment",
+    TaskCode.REVIEW_HOLD: "Review the hold and decide whether to release it",
+}
+
+
+def task_id_for(client_id: str, source: str, event_id: str, code: str, qualifier: str = "") -> str:
+    """A UUIDv5 (RFC 9562) of the client, the triggering event and the code."""
+    name = f"{client_id}\x1f{source}\x1f{event_id}\x1f{code}\x1f{qualifier}"
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class Task:
+    id: str
+    status: str
+    priority: str
+    code: str
+    for_: str
+    owner: str
+    focus: str
+    authored_on: str
+    due: str
+    last_modified: str
+    intent: str = "order"
+    amount_usd: str | None = None
+    note: str | None = None
+    # Extra keys for the task a later event closes (an appointment id, a dosing session).
+    about: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    def with_status(self, status: str, at: str) -> Task:
+        return Task(
+            self.id,
+            status,
+            self.priority,
+            self.code,
+            self.for_,
+            self.owner,
+            self.focus,
+            self.authored_on,
+            self.due,
+            at,
+            self.intent,
+            self.amount_usd,
+            self.note,
+            self.about,
+        )
+
+    def with_priority(self, priority: str, at: str) -> Task:
+        return replace(self, priority=priority, last_modified=at)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The FHIR-Task-shaped object (SPEC §4); optional fields only when set."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "intent": self.intent,
+            "priority": self.priority,
+            "code": self.code,
+            "description": DESCRIPTIONS.get(self.code, self.code),
+            "for": self.for_,
+            "owner": self.owner,
+            "focus": self.focus,
+            "authored_on": self.authored_on,
+            "due": self.due,
+            "last_modified": self.last_modified,
+        }
+        if self.amount_usd is not None:
+            out["amount_usd"] = self.amount_usd
+        if self.note is not None:
+            out["note"] = self.note
+        if self.about is not None:
+            out["about"] = self.about
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        fields = {k: v for k, v in data.items() if k not in {"for", "description"}}
+        return cls(for_=data["for"], **fields)
+
+
+def raise_priority(priority: str) -> str:
+    index = PRIORITY_ORDER.index(priority)
+    return PRIORITY_ORDER[min(index + 1, len(PRIORITY_ORDER) - 1)]
+
+
+def iso(moment: datetime) -> str:
+    """RFC 3339 in UTC, whole seconds, with a `Z`: the one timestamp format kapflow writes.
+
+    A fixed width keeps these strings ordered as the instants they name.
+    """
+    if moment.utcoffset() != _ZERO:
+        moment = moment.astimezone(UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031 - the fastest formatter here
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+    )
+
+
+_ZERO = timedelta(0)

@@ -1,0 +1,157 @@
+"""The engine's compiled table agrees with the python-statemachine pathway everywhere.
+
+For every state × event × a spread of client facts and event variants, the fast path
+must choose exactly what the machine chooses: the same target, the same refusal.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Any
+
+import pytest
+from builders import Journey
+from statemachine.exceptions import TransitionNotAllowed
+
+from kapflow.engine import apply, select_transition
+from kapflow.events import CloudEvent, parse_event_object
+from kapflow.workflow.client import ClientSnapshot
+from kapflow.workflow.policy import DEFAULT_POLICY
+from kapflow.workflow.states.pathway import TRIGGERS, CarePathway
+from kapflow.workflow.states.rules import RuleContext, RuleViolation
+
+
+def _event(raw: dict[str, Any]) -> CloudEvent:
+    event = parse_event_object(raw)
+    assert isinstance(event, CloudEvent), event
+    return event
+
+
+def event_variants() -> list[CloudEvent]:
+    j = Journey("c-1")
+    raw = [
+        j.inquiry(),
+        j.booking("dosing", "d-1"),
+        j.cancellation("dosing", "d-1"),
+        j.no_show("assessment", "a-1"),
+        j.chaperone("d-1"),
+        j.withdrawal(),
+        j.assessment(),
+        j.assessment(age=17),
+        j.assessment(mania=True, maoi=True),
+        j.evaluation("journey_clinical"),
+        j.evaluation("joyous"),
+        j.evaluation("joyous", pathway="high_dose"),
+        j.evaluation(outcome="not_cleared"),
+        j.renewal("journey_clinical"),
+        j.renewal("joyous"),
+        j.revocation("journey_clinical"),
+        j.revocation("joyous"),
+        j.lapse(),
+        j.preparation(1, ready=True),
+        j.preparation(2, ready=False),
+        j.dosing_started("s-1"),
+        j.dosing_started("s-1", chaperone=False),
+        j.dosing_started("s-1", pathway="low_dose", abstinence=False),
+        j.dosing_completed("s-1"),
+        j.dosing_completed("s-2", released=False),
+        j.integration("s-1"),
+        j.integration("s-9"),
+        j.adverse_event("mild"),
+        j.adverse_event("severe"),
+        j.hold(),
+        j.release(),
+        j.course_completed(),
+        j.reassessment(),
+        j.deadline("t-1"),
+    ]
+    return [_event(item) for item in raw]
+
+
+def client_variants(state: str) -> list[ClientSnapshot]:
+    """Facts that flip each guard and validator: prescriber, readiness, integration owed,
+    doses used, subscription, the state a hold came from."""
+    variants = []
+    holds = ("prepared", "dosed", "assessed") if state == "on_hold" else (None,)
+    for prescriber, ready, awaiting, held_from in itertools.product(
+        (None, "journey_clinical", "joyous"), (False, True), (False, True), holds
+    ):
+        pathway = {"journey_clinical": "high_dose", "joyous": "low_dose"}.get(prescriber or "")
+        spent = awaiting and ready  # vary doses and subscription along with the others
+        variants.append(
+            ClientSnapshot(
+                "c-1",
+                state=state,
+                prescriber=prescriber,
+                pathway=pathway,
+                clearance_valid_until="2026-12-31" if prescriber else None,
+                doses_authorized=2 if pathway == "high_dose" else 0,
+                doses_used=2 if spent else 0,
+                subscription_active=pathway == "low_dose" and not spent,
+                preparation_sessions=1 if ready else 0,
+                ready_for_dosing=ready,
+                awaiting_integration=awaiting,
+                current_dosing_session="s-1" if awaiting or ready else None,
+                dosing_completed=ready and not awaiting,
+                held_from=held_from,
+                hold_reasons=["R10"] if state == "on_hold" else [],
+            )
+        )
+    return variants
+
+
+def machine_decision(client: ClientSnapshot, event: CloudEvent) -> tuple[str, Any]:
+    ctx = RuleContext(client, event, DEFAULT_POLICY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        machine = CarePathway(start_value=client.state)
+        try:
+            machine.send(TRIGGERS[event.type], ctx=ctx)
+        except RuleViolation as violation:
+            return ("refused", tuple(r.code for r in violation.reasons))
+        except TransitionNotAllowed:
+            return ("not_allowed", None)
+        return ("moved", machine.current_state_value)
+
+
+def fast_decision(client: ClientSnapshot, event: CloudEvent) -> tuple[str, Any]:
+    ctx = RuleContext(client, event, DEFAULT_POLICY)
+    try:
+        chosen = select_transition(ctx, TRIGGERS[event.type])
+    except RuleViolation as violation:
+        return ("refused", tuple(r.code for r in violation.reasons))
+    return ("not_allowed", None) if chosen is None else ("moved", chosen.target)
+
+
+STATES = [state.id for state in CarePathway.states]
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_fast_path_agrees_with_the_machine_in_every_state(state: str) -> None:
+    events = event_variants()
+    checked = 0
+    for client in client_variants(state):
+        for event in events:
+            machine = machine_decision(client, event)
+            fast = fast_decision(client, event)
+            if machine[0] == "not_allowed":
+                # No transition from here: the engine may still name the rule it breaks
+                # (SPEC §3: a rule-breaking event is rejected at once, never parked).
+                assert fast[0] in ("not_allowed", "refused"), (state, event.type, fast)
+            else:
+                assert fast == machine, (state, event.type, client)
+            engine = apply(client, event)
+            assert engine.accepted == (machine[0] == "moved"), (state, event.type)
+            if engine.accepted:
+                assert engine.to_state == machine[1]
+            checked += 1
+    assert checked == len(client_variants(state)) * len(events)
+
+
+def test_every_event_type_triggers_an_event_of_the_machine() -> None:
+    from kapflow.events import EVENT_TYPES
+
+    assert set(TRIGGERS) == set(EVENT_TYPES)
+    machine_events = {event.id for event in CarePathway.events}
+    assert set(TRIGGERS.values()) == machine_events
