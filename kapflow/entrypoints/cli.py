@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("worker", cmd_worker, "Kafka stream worker")
     sub.add_argument("--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT")
+    sub.add_argument("--config", help="TOML settings file (environment KAPFLOW_* wins)")
 
     sub = add("broker", cmd_broker, "local Kafka-compatible broker for development")
     sub.add_argument("--host", default="127.0.0.1")

@@ -80,10 +80,11 @@ def _dumps(value: Any) -> str:
 
 
 def _original_text(raw: RawInput) -> str:
+    """The input as text; line endings of a JSON-lines file are not part of the message."""
     if isinstance(raw, bytes):
-        return raw.decode("utf-8", errors="replace")
+        return raw.decode("utf-8", errors="replace").strip()
     if isinstance(raw, str):
-        return raw
+        return raw.strip()
     if isinstance(raw, CloudEvent):
         return raw.model_dump_json(exclude_none=True)
     return _dumps(raw)

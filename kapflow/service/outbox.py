@@ -91,3 +91,27 @@ def dead_letter(record: RejectedRecord) -> Message:
             "original": record.original,
         },
     )
+
+
+# CloudEvents `type` of each outgoing message, by outbox topic.
+CLOUDEVENT_TYPES = {
+    STATE_CHANGES: "kapflow.state_changed",
+    TASKS: "kapflow.task_changed",
+    REJECTED: "kapflow.event_rejected",
+}
+KAPFLOW_SOURCE = "urn:kapflow"
+
+
+def as_cloudevent(message: Message) -> dict[str, Any]:
+    """The message as a structured-mode CloudEvent: what the Kafka topics carry."""
+    payload = message.payload
+    return {
+        "specversion": "1.0",
+        "id": message.id,
+        "source": KAPFLOW_SOURCE,
+        "type": CLOUDEVENT_TYPES[message.topic],
+        "subject": payload.get("client_id") or payload.get("subject") or message.key,
+        "time": payload.get("recorded_at"),
+        "datacontenttype": "application/json",
+        "data": payload,
+    }

@@ -1,0 +1,162 @@
+"""`kapflow worker`: the Kafka stream worker (faust-streaming over aiokafka).
+
+Thin by design: decode each record (CloudEvents Kafka binding), hand the batch to the same
+`IngestService` the CLI and HTTP service use, then let the outbox relay publish. Offsets
+are committed by faust only for events acked after `ingest_batch` returned, i.e. after the
+store transaction committed: at-least-once delivery plus idempotent writes keyed by
+(`source`, `id`) gives effectively-once effects without faust's `exactly_once` mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from kapflow.events.kafka_binding import from_kafka_record
+from kapflow.publishers.kafka import KafkaOutboxRelay
+from kapflow.service.ingest import IngestService, RawInput
+from kapflow.settings import KafkaSettings, SettingsError, load_kafka_settings
+from kapflow.store import EventStore, StoreError, open_store
+
+log = logging.getLogger("kapflow.worker")
+
+
+def _faust_broker(settings: KafkaSettings) -> str:
+    return ";".join(f"kafka://{host}" for host in settings.kafka.split(","))
+
+
+def _credentials(settings: KafkaSettings) -> Any:
+    options = settings.client_options()
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=options["sasl_plain_password"],
+            mechanism=settings.sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    if "ssl_context" in options:
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
+async def ingest_until_recorded(
+    service: IngestService, inputs: list[RawInput], settings: KafkaSettings
+) -> None:
+    """Record a batch, retrying while the database is unavailable.
+
+    Returning is what lets faust ack (and so commit) these offsets; giving up would lose
+    events, so a store outage pauses the partitions instead.
+    """
+    delay = 0.2
+    while True:
+        try:
+            await asyncio.to_thread(service.ingest_batch, inputs)
+            return
+        except StoreError as error:
+            log.warning(
+                "store unavailable (%s); retrying batch of %d in %.1fs",
+                type(error).__name__,
+                len(inputs),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.store_retry_max_seconds)
+
+
+def build_app(settings: KafkaSettings, store: EventStore) -> faust.App:
+    app = faust.App(
+        settings.group_id,
+        broker=_faust_broker(settings),
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.heartbeat_interval_seconds,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
+    service = IngestService(store, batch_size=settings.batch_size)
+    relay = KafkaOutboxRelay(store, settings)
+    events = app.topic(
+        settings.events_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    stopping = asyncio.Event()
+
+    @app.agent(events)
+    async def apply_events(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(settings.batch_size, settings.batch_wait_seconds):
+            await process_batch(batch)
+
+    async def process_batch(batch: Sequence[EventT]) -> None:
+        inputs: list[RawInput] = []
+        for event in batch:
+            message = event.message
+            record = from_kafka_record(message.key, message.value, message.headers)
+            if not record.keyed_by_subject and record.subject:
+                # Per-client order needs the client's partition: forward it re-keyed.
+                await events.send(
+                    key=record.subject.encode(),
+                    value=message.value,
+                    headers=list(message.headers or []),
+                )
+                continue
+            inputs.append(record.raw)
+        if inputs:
+            await ingest_until_recorded(service, inputs, settings)
+            log.info("recorded a batch of %d events", len(inputs))
+        relay.wake()
+
+    @app.task
+    async def publish_outbox() -> None:
+        await relay.start()
+        try:
+            await relay.run(stopping)
+        finally:
+            await relay.stop()
+
+    @app.on_before_shutdown.connect
+    async def _stop_relay(app: faust.App, **_: Any) -> None:
+        stopping.set()
+
+    return app
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_kafka_settings(getattr(args, "config", None), kafka=args.kafka, db=args.db)
+    except SettingsError as error:
+        print(f"kapflow worker: {error}", file=sys.stderr)
+        return 2
+    try:
+        store = open_store(settings.db)
+    except StoreError as error:
+        print(f"kapflow worker: database error: {error}", file=sys.stderr)
+        return 3
+    app = build_app(settings, store)
+    print(
+        f"kapflow worker: consuming {settings.events_topic} from {settings.kafka} as group "
+        f"{settings.group_id}; store {settings.db.split('@')[-1]}",
+        file=sys.stderr,
+    )
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,1 @@
+"""Where recorded outputs leave kapflow: publishers of the transactional outbox."""

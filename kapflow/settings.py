@@ -1,0 +1,147 @@
+"""Runtime settings of the distributed shape, from the environment or a TOML file.
+
+Validated at start-up: a wrong or missing value stops the process with one clear line
+naming the setting, before anything connects. Defaults are production-safe for Apache
+Kafka; tests shorten timeouts through the same settings, never through code paths.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_BOOTSTRAP = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
+
+
+class SettingsError(Exception):
+    """A setting is wrong or missing; the message names it, never a secret's value."""
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAPFLOW_", extra="forbid")
+
+    kafka: str = Field(description="bootstrap servers, HOST:PORT[,HOST:PORT…]")
+    db: str = "sqlite:///./kapflow.db"
+
+    events_topic: str = "kapflow.events"
+    state_changes_topic: str = "kapflow.state-changes"
+    tasks_topic: str = "kapflow.tasks"
+    rejected_topic: str = "kapflow.rejected"
+    partitions: int = Field(default=8, ge=1, le=1024)
+    replication_factor: int = Field(default=3, ge=1, le=7)
+    group_id: str = Field(default="kapflow-worker", pattern=r"^[A-Za-z0-9._\-]{1,128}$")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    batch_size: int = Field(default=500, ge=1, le=50_000)
+    batch_wait_seconds: float = Field(default=0.2, gt=0, le=60)
+    relay_batch_size: int = Field(default=1000, ge=1, le=50_000)
+    relay_idle_seconds: float = Field(default=0.5, gt=0, le=60)
+    pg_pool_size: int = Field(default=4, ge=1, le=64)
+    session_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
+    heartbeat_interval_seconds: float = Field(default=3.0, gt=0, le=60)
+    store_retry_max_seconds: float = Field(default=30.0, gt=0, le=600)
+
+    @field_validator("kafka")
+    @classmethod
+    def _bootstrap_format(cls, value: str) -> str:
+        if not _BOOTSTRAP.match(value):
+            raise ValueError("must be HOST:PORT[,HOST:PORT…]")
+        return value
+
+    @field_validator("db")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://…")
+        return value
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None:
+                raise ValueError("sasl_mechanism is required with a SASL security_protocol")
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError("sasl_username and sasl_password are required for SASL")
+        if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
+            raise ValueError("ssl_cafile does not exist")
+        if self.heartbeat_interval_seconds >= self.session_timeout_seconds:
+            raise ValueError("heartbeat_interval_seconds must be below session_timeout_seconds")
+        return self
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """Outbox topic (state-changes | tasks | rejected) → Kafka topic name."""
+        return {
+            "state-changes": self.state_changes_topic,
+            "tasks": self.tasks_topic,
+            "rejected": self.rejected_topic,
+        }
+
+    def client_options(self) -> dict[str, object]:
+        """Security options for aiokafka clients."""
+        options: dict[str, object] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            options["ssl_context"] = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return options
+
+
+def load_kafka_settings(config_file: str | None = None, **overrides: object) -> KafkaSettings:
+    """Settings from (lowest first) a TOML file, the environment, then explicit overrides."""
+    settings_class: type[KafkaSettings] = KafkaSettings
+    if config_file:
+        path = Path(config_file)
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise SettingsError(
+                f"cannot read config file {config_file}: {error.strerror}"
+            ) from error
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"config file {config_file} is not valid TOML: {error}") from error
+
+        class FileSettings(KafkaSettings):
+            model_config = SettingsConfigDict(env_prefix="KAPFLOW_", extra="forbid", toml_file=path)
+
+            @classmethod
+            def settings_customise_sources(
+                cls,
+                settings_cls: type[BaseSettings],
+                init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+        settings_class = FileSettings
+    try:
+        return settings_class(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as error:
+        first = error.errors(include_input=False)[0]
+        name = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise SettingsError(f"invalid setting {name}: {first['msg']}") from error
