@@ -240,6 +240,20 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    import yaml
+
+    from kapflow.events.asyncapi import asyncapi_document
+
+    text = yaml.safe_dump(asyncapi_document(), sort_keys=False, allow_unicode=True, width=100)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote the AsyncAPI 3 document to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from kapflow.demo.cohort import generate_cohort
     from kapflow.service.ingest import IngestService
@@ -283,6 +297,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kapflow.entrypoints.http.server import run
 
     return run(args)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from kapflow.service.access import KeyConfigError, create_key
+
+    try:
+        new = create_key(args.role, args.name, args.prefix)
+    except KeyConfigError as error:
+        raise CommandError(str(error)) from error
+    if args.json:
+        _print_json({"secret": new.secret, "entry": new.key.as_entry()})
+        return 0
+    print(f"secret (shown once; give it to {new.key.name}, kapflow keeps only its hash):")
+    print(f"  {new.secret}")
+    print("add to the `keys` list of a JSON keys file (or KAPFLOW_API_KEYS):")
+    print(f"  {new.json_line()}")
+    print("or to a TOML keys file:")
+    print("  " + new.toml_block().replace("\n", "\n  "))
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -364,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("schema", cmd_schema, "export one JSON Schema per event type")
     sub.add_argument("--out", required=True, help="directory to write the schemas into")
 
+    sub = add("asyncapi", cmd_asyncapi, "print the AsyncAPI 3 document of the Kafka topics")
+    sub.add_argument("--out", help="file to write (default: standard output)")
+
     sub = add("demo", cmd_demo, "run a synthetic cohort through the whole pathway")
     sub.add_argument("--clients", type=int, default=300)
     sub.add_argument("--seed", type=int, default=7)
@@ -374,6 +410,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--insecure-dev", action="store_true", help="no API keys (development only)")
     sub.add_argument("--keys-file", help="API keys file (or KAPFLOW_API_KEYS)")
     sub.add_argument("--kafka", help="also publish the outbox to Kafka at HOST:PORT")
+    sub.add_argument(
+        "--max-body-bytes", type=int, default=1024 * 1024, help="largest POST body (413 beyond)"
+    )
+    sub.add_argument(
+        "--max-events", type=int, default=1000, help="most events in one POST (413 beyond)"
+    )
+    sub.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between outbox polls for the live stream (local writes wake it at once)",
+    )
+    sub.add_argument(
+        "--keepalive", type=float, default=15.0, help="seconds between stream keep-alive comments"
+    )
+
+    sub = add("keys", cmd_keys, "manage API keys for `kapflow serve`")
+    keys = sub.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys.add_parser(
+        "create", help="create a key: prints the secret once and the line for the keys file"
+    )
+    create.add_argument(
+        "--role", required=True, choices=["publisher", "dashboard", "auditor", "admin"]
+    )
+    create.add_argument("--name", required=True, help="who holds it (recorded in the access log)")
+    create.add_argument(
+        "--prefix",
+        action="append",
+        default=[],
+        help="publisher only: an event-type prefix it may post, e.g. scheduling (repeatable)",
+    )
 
     sub = add("worker", cmd_worker, "Kafka stream worker")
     sub.add_argument("--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT")

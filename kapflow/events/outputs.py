@@ -1,0 +1,100 @@
+"""Contracts of what kapflow publishes (SPEC §5), for consumers and the AsyncAPI document.
+
+Every outgoing message is a structured-mode CloudEvent whose `data` is one of these.
+tests/test_asyncapi.py checks that the messages kapflow renders validate against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kapflow.workflow.states.pathway import CLIENT_STATES
+
+ClientState = Literal[CLIENT_STATES]  # type: ignore[valid-type]
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StateChange(_Output):
+    """A client moved from one state to another."""
+
+    client_id: str
+    seq: int = Field(ge=1, description="the history entry that made the change")
+    from_state: ClientState | None = Field(description="null when the client first appears")
+    to_state: ClientState
+    event_id: str
+    event_type: str
+    occurred_at: str = Field(description="RFC 3339: when the triggering event happened")
+    recorded_at: str = Field(description="RFC 3339: when kapflow recorded it")
+    pathway_version: str
+
+
+class FhirShapedTask(_Output):
+    """A follow-up task, shaped like the HL7 FHIR `Task` resource."""
+
+    id: str
+    status: Literal["requested", "in-progress", "completed", "cancelled"]
+    intent: Literal["order"]
+    priority: Literal["routine", "urgent", "asap", "stat"]
+    code: str
+    description: str
+    for_: str = Field(alias="for")
+    owner: Literal["scheduler", "clinician", "billing", "prescriber_liaison", "client"]
+    focus: str
+    authored_on: str
+    due: str
+    last_modified: str
+    amount_usd: str | None = None
+    note: str | None = None
+    about: str | None = None
+
+
+class TaskChange(_Output):
+    """A task was opened, updated (e.g. escalated) or closed."""
+
+    change: Literal["opened", "updated", "closed"]
+    client_id: str
+    seq: int = Field(ge=1)
+    event_id: str
+    recorded_at: str
+    task: FhirShapedTask
+
+
+class Reason(_Output):
+    code: str = Field(description="an R-id (R1–R12) or a stable error code")
+    message: str
+    field: str | None = None
+
+
+class DeadLetter(_Output):
+    """An input kapflow rejected: the original message and machine-readable reasons."""
+
+    id: str | None
+    source: str | None
+    subject: str | None
+    type: str | None
+    recorded_at: str
+    reasons: list[Reason]
+    original: str = Field(description="the original message text")
+
+
+class OutgoingCloudEvent(_Output):
+    specversion: Literal["1.0"]
+    id: str = Field(description="stable per message: de-duplicate on it")
+    source: Literal["urn:kapflow"]
+    type: str
+    subject: str | None
+    time: str | None
+    datacontenttype: Literal["application/json"]
+    data: dict[str, Any]
+
+
+OUTPUT_MODELS: dict[str, type[_Output]] = {
+    "state-changes": StateChange,
+    "tasks": TaskChange,
+    "rejected": DeadLetter,
+}

@@ -1,0 +1,63 @@
+"""deploy/ cannot run here (no Docker engine): check that it parses and agrees with the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kapflow.settings import KafkaSettings
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+SETTING_ENV = {f"KAPFLOW_{name.upper()}" for name in KafkaSettings.model_fields} | {"KAPFLOW_DB"}
+TOPICS = {"kapflow.events", "kapflow.state-changes", "kapflow.tasks", "kapflow.rejected"}
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def test_compose_runs_kafka_postgres_two_workers_and_the_api() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"kafka", "postgres", "worker", "api"} <= set(services)
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert services["worker"]["command"] == ["worker"]
+    assert services["api"]["command"][0] == "serve"
+    for name in ("worker", "api"):
+        env = services[name]["environment"]
+        assert set(env) <= SETTING_ENV, set(env) - SETTING_ENV
+    assert (DEPLOY / services["worker"]["build"]["dockerfile"].removeprefix("deploy/")).exists()
+
+
+def test_every_kubernetes_resource_is_well_formed() -> None:
+    docs = k8s_documents()
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    assert ("Deployment", "kapflow-worker") in kinds and ("Deployment", "kapflow-api") in kinds
+    assert ("Service", "kapflow-api") in kinds and ("ConfigMap", "kapflow-config") in kinds
+    assert {name for kind, name in kinds if kind == "KafkaTopic"} == TOPICS
+    for doc in docs:
+        assert doc["apiVersion"] and doc["metadata"]["name"]
+        if doc["kind"] == "Deployment":
+            selector = doc["spec"]["selector"]["matchLabels"]
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert selector.items() <= labels.items()
+
+
+def test_the_service_selects_the_api_pods_and_config_names_real_settings() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s_documents()}
+    service = docs[("Service", "kapflow-api")]
+    pods = docs[("Deployment", "kapflow-api")]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pods.items()
+    assert set(docs[("ConfigMap", "kapflow-config")]["data"]) <= SETTING_ENV
+    config = {
+        k.removeprefix("KAPFLOW_").lower(): v
+        for k, v in docs[("ConfigMap", "kapflow-config")]["data"].items()
+    }
+    config["sasl_username"], config["sasl_password"] = "u", "p"
+    KafkaSettings(**config)  # the shipped configuration validates
