@@ -103,4 +103,6 @@ def apply(
     HANDLERS[event.type](effects)
     after.seq = client.seq + 1
     after.last_event_time = effects.at
+    if not event.type.startswith("system."):
+        after.last_activity_time = effects.at
     return Outcome(ACCEPTED, (), after, client.state, chosen.target, tuple(effects.task_changes))

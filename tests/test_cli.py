@@ -148,7 +148,7 @@ def test_diagram_and_schema(tmp_path: Path) -> None:
     if shutil.which("dot"):
         assert "<svg" in kapflow("diagram", "--format", "svg").stdout
     kapflow("schema", "--out", str(tmp_path / "schemas"))
-    assert len(list((tmp_path / "schemas").glob("*.schema.json"))) == 21
+    assert len(list((tmp_path / "schemas").glob("*.schema.json"))) == 22
 
 
 def test_errors_are_one_line_never_a_traceback(tmp_path: Path, sqlite_url: str) -> None:

@@ -20,6 +20,9 @@ from kapflow.workflow.client import ClientSnapshot
 from kapflow.workflow.policy import DEFAULT_POLICY
 from kapflow.workflow.states.pathway import TRIGGERS, CarePathway
 from kapflow.workflow.states.rules import RuleContext, RuleViolation
+from kapflow.workflow.timers import SUBSCRIPTION_END, timer_id
+
+PAID_UNTIL = "2026-12-01"
 
 
 def _event(raw: dict[str, Any]) -> CloudEvent:
@@ -65,6 +68,8 @@ def event_variants() -> list[CloudEvent]:
         j.course_completed(),
         j.reassessment(),
         j.deadline("t-1"),
+        j.deadline(timer_id("c-1", SUBSCRIPTION_END, PAID_UNTIL)),
+        j.event("operations.task_completed", {"task_id": "t-1", "by_role": "billing"}),
     ]
     return [_event(item) for item in raw]
 
@@ -89,6 +94,7 @@ def client_variants(state: str) -> list[ClientSnapshot]:
                 doses_authorized=2 if pathway == "high_dose" else 0,
                 doses_used=2 if spent else 0,
                 subscription_active=pathway == "low_dose" and not spent,
+                subscription_paid_until=PAID_UNTIL if pathway == "low_dose" else None,
                 preparation_sessions=1 if ready else 0,
                 ready_for_dosing=ready,
                 awaiting_integration=awaiting,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -50,8 +51,17 @@ class RandomCareJourneys(RuleBasedStateMachine):
         after = self.before()
         if result.outcome in ("rejected", "duplicate"):
             assert after.state == before.state and after.seq == before.seq
-        if event["type"] == "clinician.dosing_started" and result.outcome == "accepted":
-            self.check_safe_dosing(before, event)
+        self.check_new_dosings(before.seq)
+
+    def check_new_dosings(self, seen: int) -> None:
+        """Every dosing recorded since `seen` (directly or from parking) was safe when
+        applied: rebuild the client as it stood just before it and check the rules."""
+        history = self.store.history("c-1")
+        for entry in history[seen:]:
+            if entry.type != "clinician.dosing_started":
+                continue
+            before = replay(history[: entry.seq - 1], "c-1").client
+            self.check_safe_dosing(before, json.loads(entry.event))
             self.accepted_dosings += 1
             ACCEPTED_DOSINGS.append(1)
 
@@ -73,12 +83,17 @@ class RandomCareJourneys(RuleBasedStateMachine):
         else:
             assert before.subscription_active
 
-    @initialize(prescriber=PRESCRIBERS, fast_forward=st.booleans())
-    def start(self, prescriber: str, fast_forward: bool) -> None:
-        """Half the journeys start ready for dosing, so the dosing rules get exercised."""
-        if fast_forward:
-            for event in self.journey.to_prepared(prescriber):
-                self.send(event)
+    @initialize(prescriber=PRESCRIBERS, start=st.sampled_from(["new", "prepared", "integrating"]))
+    def start(self, prescriber: str, start: str) -> None:
+        """Most journeys start ready for (another) dosing, so the dosing rules get exercised."""
+        if start == "new":
+            return
+        pathway = "high_dose" if prescriber == "journey_clinical" else "low_dose"
+        events = self.journey.to_prepared(prescriber)
+        if start == "integrating":
+            events += [*self.journey.dosing("s-0", pathway), self.journey.integration("s-0")]
+        for event in events:
+            self.send(event)
 
     @rule()
     def inquiry(self) -> None:
@@ -124,6 +139,10 @@ class RandomCareJourneys(RuleBasedStateMachine):
     def dosing_as_planned(self, session: str) -> None:
         pathway = self.before().pathway or "high_dose"
         self.send(self.journey.dosing_started(session, pathway=pathway))
+
+    @rule(session=SESSIONS)
+    def another_dosing_as_planned(self, session: str) -> None:
+        self.dosing_as_planned(session)
 
     @rule()
     def integration_of_the_latest_dosing(self) -> None:
@@ -209,7 +228,7 @@ class RandomCareJourneys(RuleBasedStateMachine):
 
 
 RandomCareJourneys.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=60,
     derandomize=True,
     database=None,
     stateful_step_count=35,

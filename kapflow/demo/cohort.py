@@ -207,6 +207,7 @@ class _ClientStory:
         self.event_counts = dict.fromkeys(_ID_PREFIX, 0)
         self.appointments = 0
         self.dosings = 0
+        self.subscription_paid_at: datetime | None = None
         self.clinician_id = f"clin-{rng.randint(1, 12):02d}"
         self.no_show_rate = (
             UNRELIABLE_NO_SHOW_RATE if rng.random() < UNRELIABLE_CLIENT_RATE else NO_SHOW_RATE
@@ -348,6 +349,8 @@ class _ClientStory:
             data["doses_authorized"] = 2
         if not cleared:
             data["reason"] = self.rng.choice(_NOT_CLEARED_REASONS)
+        if cleared and pathway == "low_dose":
+            self.subscription_paid_at = self.now
         if self.incident == "prescriber_pathway_mismatch" and cleared:
             wrong = {**data, "pathway": "low_dose" if pathway == "high_dose" else "high_dose"}
             self._publish(source, "prescriber.evaluation_completed", wrong, reason="R5")
@@ -460,6 +463,8 @@ class _ClientStory:
         without_chaperone = self.incident == "dosing_without_chaperone" and self.dosings == 1
         self._after_hours(1, 30)
         appointment = self._attend("dosing", (5, 14), modality, chaperone=not without_chaperone)
+        if pathway == "low_dose":
+            self._keep_subscription_paid()
         started = {
             "clinician_id": self.clinician_id,
             "session_id": session,
@@ -583,6 +588,23 @@ class _ClientStory:
             },
         )
 
+    def _keep_subscription_paid(self) -> None:
+        """Seed: Joyous is $129/month; the client renews before a month runs out (R9)."""
+        if self.subscription_paid_at is not None and self.now - self.subscription_paid_at < (
+            timedelta(days=27)
+        ):
+            return
+        self._publish(
+            JOYOUS,
+            "prescriber.prescription_renewed",
+            {
+                "prescriber": "joyous",
+                "valid_until": (self.now + timedelta(days=365)).date().isoformat(),
+            },
+        )
+        self.subscription_paid_at = self.now
+        self._tick(5, 15)
+
     def _lapse_subscription(self) -> bool:
         """R9: the $129/month Joyous subscription lapsed; dosing waits for its renewal."""
         self._after_days(3, 14)
@@ -601,6 +623,7 @@ class _ClientStory:
                 "valid_until": (self.now + timedelta(days=365)).date().isoformat(),
             },
         )
+        self.subscription_paid_at = self.now
         # Renewal does not lift the hold by itself: the clinician releases it.
         self._after_hours(2, 48)
         self._release_hold("subscription_renewed")

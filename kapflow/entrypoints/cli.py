@@ -14,7 +14,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -175,6 +175,80 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         )
     print(f"{len(tasks)} task(s)")
     return 0
+
+
+def cmd_tick(args: argparse.Namespace) -> int:
+    from kapflow.service.clock import tick
+    from kapflow.service.ingest import IngestService
+
+    report = tick(IngestService(_store(args)), args.now)
+    summary = report.as_dict()
+    if args.json:
+        _print_json(summary)
+    else:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items()))
+        print(
+            f"tick {summary['now']}: {summary['deadlines']} deadlines due"
+            + (f" ({outcomes})" if outcomes else "")
+            + f"; {summary['expired_parked']} parked events expired"
+        )
+    return 0
+
+
+def cmd_deadlines(args: argparse.Namespace) -> int:
+    from kapflow.service.clock import deadlines
+    from kapflow.workflow.policy import DEFAULT_POLICY
+    from kapflow.workflow.tasks import iso
+
+    now = args.now or _now_default()
+    until = now + args.within
+    found = deadlines(_store(args), DEFAULT_POLICY, until)
+    if args.json:
+        _print_json([d.as_dict() | {"overdue": d.due <= iso(now)} for d in found])
+        return 0
+    for d in found:
+        flag = "OVERDUE " if d.due <= iso(now) else "upcoming"
+        print(f"{d.due}  {flag} {d.client_id:<12} {d.kind:<5} {d.code:<34} {d.owner or '-'}")
+    print(f"{len(found)} deadline(s) up to {iso(until)}")
+    return 0
+
+
+def cmd_parked(args: argparse.Namespace) -> int:
+    parked = _store(args).parked_events(args.client)
+    rows = [
+        {
+            "source": p.source,
+            "id": p.event_id,
+            "subject": p.client_id,
+            "type": p.type,
+            "occurred_at": p.occurred_at,
+            "parked_at": p.recorded_at,
+            "reasons": json.loads(p.reasons),
+        }
+        for p in parked
+    ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        why = "; ".join(r["message"] for r in row["reasons"])
+        print(f"{row['occurred_at']}  {row['subject']:<12} {row['type']:<36} {why}")
+    print(f"{len(rows)} parked event(s)")
+    return 0
+
+
+def _duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    except (KeyError, ValueError, IndexError) as error:
+        raise argparse.ArgumentTypeError(f"not a duration like 90m, 24h or 7d: {text!r}") from error
+
+
+def _now_default() -> datetime:
+    # Reading the clock here is the operator's choice of "now", recorded as events:
+    # the engine itself never reads it.
+    return datetime.now(UTC)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -384,6 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=int, default=10000)
 
     add("verify", cmd_verify, "replay every history; check outcomes and hash chains")
+
+    sub = add("tick", cmd_tick, "record the deadlines due by TIME; expire stale parked events")
+    sub.add_argument("--now", type=_time, required=True, help="the time to advance the clock to")
+
+    sub = add("deadlines", cmd_deadlines, "list overdue and upcoming deadlines and timers")
+    sub.add_argument("--now", type=_time, default=None, help="reference time (default: now)")
+    sub.add_argument(
+        "--within",
+        type=_duration,
+        default=timedelta(days=7),
+        help="how far ahead to look (e.g. 24h, 7d; default 7d)",
+    )
+
+    sub = add("parked", cmd_parked, "list events parked as premature, with why")
+    sub.add_argument("--client", help="only this client's parked events")
 
     sub = add("export", cmd_export, "export histories for auditors")
     sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")

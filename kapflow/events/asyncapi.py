@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from kapflow import __version__
 from kapflow.events.outputs import OUTPUT_MODELS, OutgoingCloudEvent
@@ -33,10 +34,12 @@ def asyncapi_document(
         "tasks": "kapflow.tasks",
         "rejected": "kapflow.rejected",
     }
-    models = [(model, "validation") for model in EVENT_MODELS.values()]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (model, "validation") for model in EVENT_MODELS.values()
+    ]
     models += [(model, "serialization") for model in OUTPUT_MODELS.values()]
     models.append((OutgoingCloudEvent, "serialization"))
-    refs, definitions = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
+    refs, definitions = models_json_schema(models, ref_template=REF)
     schemas: dict[str, Any] = definitions["$defs"]
 
     key = {"type": "string", "description": "the client id (CloudEvents `subject`)"}
@@ -52,13 +55,13 @@ def asyncapi_document(
             "bindings": kafka_message,
         }
     outgoing: dict[str, str] = {}
-    for topic, model in OUTPUT_MODELS.items():
+    for topic, output in OUTPUT_MODELS.items():
         name = _message_name(CLOUDEVENT_TYPES[topic])
         outgoing[topic] = name
         messages[name] = {
             "name": CLOUDEVENT_TYPES[topic],
             "title": CLOUDEVENT_TYPES[topic],
-            "summary": (model.__doc__ or "").strip().splitlines()[0],
+            "summary": (output.__doc__ or "").strip().splitlines()[0],
             "contentType": "application/cloudevents+json",
             "payload": {
                 "allOf": [
@@ -67,7 +70,7 @@ def asyncapi_document(
                         "type": "object",
                         "properties": {
                             "type": {"const": CLOUDEVENT_TYPES[topic]},
-                            "data": refs[(model, "serialization")],
+                            "data": refs[(output, "serialization")],
                         },
                     },
                 ]

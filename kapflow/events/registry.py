@@ -14,12 +14,13 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from kapflow.events.clinician import CLINICIAN_EVENTS
 from kapflow.events.envelope import CloudEvent
+from kapflow.events.operations import OPERATIONS_EVENTS
 from kapflow.events.prescriber import PRESCRIBER_EVENTS
 from kapflow.events.scheduling import SCHEDULING_EVENTS
 from kapflow.events.system import SYSTEM_EVENTS
 
 ALL_EVENT_MODELS: tuple[type[CloudEvent], ...] = (
-    SCHEDULING_EVENTS + PRESCRIBER_EVENTS + CLINICIAN_EVENTS + SYSTEM_EVENTS
+    SCHEDULING_EVENTS + PRESCRIBER_EVENTS + CLINICIAN_EVENTS + OPERATIONS_EVENTS + SYSTEM_EVENTS
 )
 EVENT_MODELS: dict[str, type[CloudEvent]] = {
     model.model_fields["type"].annotation.__args__[0]: model  # type: ignore[union-attr]

@@ -345,6 +345,8 @@ class _Batch:
         waiting = self.parked(client_id)
         progressed = changed
         while progressed and waiting:
+            # Earliest arrival first, and from the start again after every acceptance: an
+            # event that just became possible may unblock one that arrived before it.
             progressed = False
             for parked in list(waiting):
                 event = parse_event(parked.event)
@@ -356,7 +358,6 @@ class _Batch:
                 if outcome.accepted:
                     outcome.client.parked = self.clients[client_id].parked
                     self._append(event, outcome)
-                    progressed = True
                 else:
                     self._reject(event, outcome.reasons, parked.event)
                 log.info(
@@ -366,16 +367,15 @@ class _Batch:
                     event.type,
                     outcome.outcome,
                 )
+                if outcome.accepted:
+                    progressed = True
+                    break
         window = self.policy.parking_window
         for parked in list(waiting):
             occurred = datetime.fromisoformat(parked.occurred_at)
             if trigger.time - occurred > window:
                 self._unpark(waiting, parked)
-                reason = Reason(
-                    "PREMATURE_EXPIRED",
-                    f"still premature {int(window.total_seconds() // 3600)} h after it happened",
-                )
-                self._reject_parked(parked, reason)
+                self._reject_parked(parked, _expired(self.policy))
 
     def _unpark(self, waiting: list[ParkedEvent], parked: ParkedEvent) -> None:
         waiting.remove(parked)
@@ -387,15 +387,23 @@ class _Batch:
         self.clients[parked.client_id] = client
         self.writes.clients[parked.client_id] = client
 
-    def _reject_parked(self, parked: ParkedEvent, reason: Reason) -> None:
+    def _reject_parked(self, parked: ParkedEvent, reason: Reason) -> IngestResult:
         event = parse_event(parked.event)
         assert isinstance(event, CloudEvent)
-        self._reject(event, (*_reasons_from_json(parked.reasons), reason), parked.event)
+        reasons = (*_reasons_from_json(parked.reasons), reason)
+        self._reject(event, reasons, parked.event)
         log.info(
             "event %s client=%s outcome=rejected reasons=PREMATURE_EXPIRED",
             parked.event_id,
             parked.client_id,
         )
+        state = _public_state(self.clients[parked.client_id].state)
+        return IngestResult(event.id, event.subject, event.type, REJECTED, reasons, state)
+
+
+def _expired(policy: CarePolicy) -> Reason:
+    hours = int(policy.parking_window.total_seconds() // 3600)
+    return Reason("PREMATURE_EXPIRED", f"still premature {hours} h after it happened")
 
 
 def _reasons_from_json(text: str) -> tuple[Reason, ...]:
@@ -425,6 +433,39 @@ class IngestService:
             batch = _Batch(tx, self.policy, iso(self.clock()))
             batch.prefetch([event for event in parsed if isinstance(event, CloudEvent)])
             results = [batch.process(raw, event) for raw, event in zip(inputs, parsed, strict=True)]
+            tx.write(batch.writes)
+        return results
+
+    def expire_parked(
+        self, now: datetime, owns: Callable[[str], bool] | None = None
+    ) -> list[IngestResult]:
+        """Reject parked events still premature a parking window after they happened."""
+        limit = iso(now - self.policy.parking_window)
+        stale = [
+            p
+            for p in self.store.parked_events()
+            if p.occurred_at < limit and (owns is None or owns(p.client_id))
+        ]
+        if not stale:
+            return []
+        results = []
+        with self.store.transaction() as tx:
+            batch = _Batch(tx, self.policy, iso(self.clock()))
+            batch.clients = tx.clients(sorted({p.client_id for p in stale}))
+            for candidate in stale:
+                waiting = batch.parked(candidate.client_id)
+                current = next(
+                    (
+                        p
+                        for p in waiting
+                        if (p.source, p.event_id) == (candidate.source, candidate.event_id)
+                    ),
+                    None,
+                )
+                if current is None:
+                    continue  # applied or rejected meanwhile
+                batch._unpark(waiting, current)
+                results.append(batch._reject_parked(current, _expired(self.policy)))
             tx.write(batch.writes)
         return results
 

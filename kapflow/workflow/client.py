@@ -23,6 +23,8 @@ class ClientSnapshot:
     seq: int = 0
     last_hash: str = GENESIS_HASH
     last_event_time: str | None = None
+    # Time of the last event from a person (kapflow's own clock events excluded).
+    last_activity_time: str | None = None
     # The state a hold will return to (SPEC §1: releasing a hold returns the client).
     held_from: str | None = None
     hold_reasons: list[str] = field(default_factory=list)
@@ -34,6 +36,7 @@ class ClientSnapshot:
     doses_authorized: int = 0
     doses_used: int = 0  # since the latest authorisation (R9)
     subscription_active: bool = False
+    subscription_paid_until: str | None = None  # ISO date, low-dose only
     insurance_used: bool = False
     preparation_sessions: int = 0
     ready_for_dosing: bool = False
@@ -69,6 +72,7 @@ class ClientSnapshot:
             seq=self.seq,
             last_hash=self.last_hash,
             last_event_time=self.last_event_time,
+            last_activity_time=self.last_activity_time,
             held_from=self.held_from,
             prescriber=self.prescriber,
             pathway=self.pathway,
@@ -77,6 +81,7 @@ class ClientSnapshot:
             doses_authorized=self.doses_authorized,
             doses_used=self.doses_used,
             subscription_active=self.subscription_active,
+            subscription_paid_until=self.subscription_paid_until,
             insurance_used=self.insurance_used,
             preparation_sessions=self.preparation_sessions,
             ready_for_dosing=self.ready_for_dosing,
@@ -117,6 +122,7 @@ class ClientSnapshot:
             "doses_remaining": self.doses_remaining,
             "dosing_sessions": self.dosing_sessions,
             "subscription_active": self.subscription_active if self.pathway == "low_dose" else None,
+            "subscription_paid_until": self.subscription_paid_until,
             "preparation_sessions": self.preparation_sessions,
             "awaiting_integration": self.awaiting_integration,
             "held_from": self.held_from if self.state == "on_hold" else None,

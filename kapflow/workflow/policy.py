@@ -37,6 +37,15 @@ class CarePolicy:
     billing_within: timedelta = timedelta(days=30)
     # Early events are held this long (event time) before being rejected as premature.
     parking_window: timedelta = timedelta(hours=72)
+    # Escalation: an overdue task has its priority raised and a supervisor task opened,
+    # which must be picked up within this time (its own deadline only raises priority).
+    supervisor_response_within: timedelta = timedelta(days=1)
+    # Expiries: a renewal task opens this long before a medical clearance expires.
+    clearance_renewal_notice: timedelta = timedelta(days=14)
+    # Seed: Joyous is $129/month; a month without renewal is treated as a lapse (R9).
+    subscription_period: timedelta = timedelta(days=30)
+    # A client with no activity this long (system events aside) gets a follow-up task.
+    inactivity_follow_up_after: timedelta = timedelta(days=90)
     # Seed: 1–3 preparatory sessions; a fourth raises a clinical review (R6).
     max_preparation_sessions: int = 3
     # Repeated no-shows: this many missed appointments raise a clinical review.

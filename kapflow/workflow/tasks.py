@@ -49,6 +49,9 @@ class TaskCode:
     CLINICAL_REVIEW = "clinical-review"
     RESCHEDULE_APPOINTMENT = "reschedule-appointment"
     REVIEW_HOLD = "review-hold"
+    SUPERVISE_OVERDUE_TASK = "supervise-overdue-task"
+    RENEW_MEDICAL_CLEARANCE = "renew-medical-clearance"
+    FOLLOW_UP_INACTIVE_CLIENT = "follow-up-inactive-client"
 
 
 # What each code means to the person who owns it (FHIR Task.description).
@@ -73,6 +76,9 @@ DESCRIPTIONS: dict[str, str] = {
     TaskCode.CLINICAL_REVIEW: "Clinical review",
     TaskCode.RESCHEDULE_APPOINTMENT: "Reschedule a cancelled or missed appointment",
     TaskCode.REVIEW_HOLD: "Review the hold and decide whether to release it",
+    TaskCode.SUPERVISE_OVERDUE_TASK: "Supervisor: a task is overdue; see that it is done",
+    TaskCode.RENEW_MEDICAL_CLEARANCE: "Renew the medical clearance before it expires",
+    TaskCode.FOLLOW_UP_INACTIVE_CLIENT: "Follow up: no activity for 90 days",
 }
 
 

@@ -2,13 +2,14 @@
 
 from collections.abc import Callable
 
-from kapflow.workflow.handlers import clinician, prescriber, scheduling, system
+from kapflow.workflow.handlers import clinician, operations, prescriber, scheduling, system
 from kapflow.workflow.handlers.effects import Effects, TaskChange
 
 HANDLERS: dict[str, Callable[[Effects], None]] = {
     **scheduling.HANDLERS,
     **prescriber.HANDLERS,
     **clinician.HANDLERS,
+    **operations.HANDLERS,
     **system.HANDLERS,
 }
 

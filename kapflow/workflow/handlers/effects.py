@@ -93,6 +93,9 @@ class Effects:
         self.after.open_tasks[task.id] = task
         self.task_changes.append(TaskChange("updated", task))
 
+    def close_task(self, task: Task, status: str = "completed") -> None:
+        self._close(task, status)
+
     def _close(self, task: Task, status: str) -> None:
         del self.after.open_tasks[task.id]
         self.task_changes.append(TaskChange("closed", task.with_status(status, self.at)))

@@ -16,7 +16,10 @@ def _authorise(fx: Effects, doses_authorized: int | None) -> None:
         client.doses_authorized = doses_authorized or fx.policy.high_dose_default_doses
         client.doses_used = 0
     else:
+        # Seed: $129/month through Joyous; a renewal pays for the next month.
         client.subscription_active = True
+        paid_until = fx.event.time.date() + fx.policy.subscription_period
+        client.subscription_paid_until = paid_until.isoformat()
 
 
 def evaluation_completed(fx: Effects) -> None:

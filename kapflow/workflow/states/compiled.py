@@ -51,15 +51,17 @@ def _compile() -> dict[tuple[str, str], tuple[CompiledTransition, ...]]:
 
 TRANSITIONS = _compile()
 
-# Validators that refuse an event in any state (rules, not timing): see rules.validator.
+# Checks that refuse an event even where it has no transition (settled facts, not timing):
+# see rules.validator.
 ANY_STATE_VALIDATORS: dict[str, tuple[Validator, ...]] = {}
 for (_state, _event), _options in TRANSITIONS.items():
     for _option in _options:
         for _validate in _option.validators:
-            if getattr(_validate, "any_state", False):
+            _settled = getattr(_validate, "any_state", None)
+            if _settled is not None:
                 known = ANY_STATE_VALIDATORS.setdefault(_event, ())
-                if _validate not in known:
-                    ANY_STATE_VALIDATORS[_event] = known + (_validate,)
+                if _settled not in known:
+                    ANY_STATE_VALIDATORS[_event] = known + (_settled,)
 
 _EVENTS_LEGAL_IN: dict[str, frozenset[str]] = {}
 for _state, _event in TRANSITIONS:

@@ -25,10 +25,11 @@ from kapflow.workflow.states.rules import (
     meets_eligibility,
     names_clients_prescriber,
     returns_to,
+    subscription_period_ended,
 )
 
 # Bump whenever a transition, rule, task or policy default changes an outcome.
-PATHWAY_VERSION = "2026.11.1"
+PATHWAY_VERSION = "2026.11.3"
 
 
 def _stay(*states: State, **options: Any) -> Any:
@@ -61,8 +62,9 @@ class CarePathway(StateMachine):
     integrating = State()
     ineligible = State()
     on_hold = State()
-    completed = State(final=True)
-    withdrawn = State(final=True)
+    # Terminal for care; not `final`, because billing tasks may still be closed there.
+    completed = State()
+    withdrawn = State()
 
     # Intake ---------------------------------------------------------------------------
     receive_inquiry = new.to(inquiry) | inquiry.to.itself(internal=True)
@@ -129,8 +131,31 @@ class CarePathway(StateMachine):
     cancel_appointment = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
     record_no_show = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
     confirm_chaperone = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
-    reach_deadline = _stay(
-        inquiry, assessed, cleared, prepared, dosed, integrating, on_hold, ineligible
+    # Scheduling facts and time (kapflow's clock) ------------------------------------------
+    reach_deadline = (
+        _each(cleared, prepared, dosed, integrating, to=on_hold, cond=subscription_period_ended)
+        | _stay(
+            inquiry,
+            assessed,
+            cleared,
+            prepared,
+            dosed,
+            integrating,
+            unless=subscription_period_ended,
+        )
+        | _stay(on_hold, ineligible, completed, withdrawn)
+    )
+    complete_task = _stay(
+        inquiry,
+        assessed,
+        cleared,
+        prepared,
+        dosed,
+        integrating,
+        on_hold,
+        ineligible,
+        completed,
+        withdrawn,
     )
 
     # Endings ------------------------------------------------------------------------------
@@ -172,6 +197,7 @@ TRIGGERS: dict[str, str] = {
     "clinician.course_completed": "complete_course",
     "clinician.reassessment_requested": "request_reassessment",
     "system.deadline_reached": "reach_deadline",
+    "operations.task_completed": "complete_task",
 }
 
 # The main line, in order; an event legal further along it is premature, not illegal.

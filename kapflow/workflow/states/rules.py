@@ -19,6 +19,7 @@ from kapflow.events.prescriber import PATHWAY_OF_PRESCRIBER
 from kapflow.events.registry import Reason
 from kapflow.workflow.client import ClientSnapshot
 from kapflow.workflow.policy import CarePolicy
+from kapflow.workflow.timers import SUBSCRIPTION_END, timer_named
 
 
 @dataclass(slots=True)  # a value: never mutated after construction
@@ -47,21 +48,37 @@ class RuleViolation(Exception):  # noqa: N818 - a domain term, not an error cate
 Check = Callable[[RuleContext], Reason | None]
 
 
-def validator(*checks: Check, any_state: bool = False) -> Callable[[RuleContext], None]:
+def _broken(checks: tuple[Check, ...], ctx: RuleContext) -> None:
+    broken = tuple(reason for check in checks if (reason := check(ctx)) is not None)
+    if broken:
+        raise RuleViolation(broken)
+
+
+def validator(
+    *checks: Check, any_state: bool | tuple[Check, ...] = False
+) -> Callable[[RuleContext], None]:
     """Combine checks into one validator that reports every broken rule at once.
 
-    `any_state` marks rules that refuse the event whatever the client's state: such an
-    event is rejected at once, never parked as premature (SPEC §3).
+    `any_state` names the checks that refuse the event even from a state with no
+    transition for it (True: all of them): facts already settled, whatever arrives later,
+    so the event is rejected at once rather than parked (SPEC §3). The others are judged
+    only where the transition exists; before that, the event may merely be early.
     """
 
     def validate(ctx: RuleContext) -> None:
-        broken = tuple(reason for check in checks if (reason := check(ctx)) is not None)
-        if broken:
-            raise RuleViolation(broken)
+        _broken(checks, ctx)
 
     validate.__name__ = "_and_".join(check.__name__ for check in checks)
-    validate.any_state = any_state  # type: ignore[attr-defined]
-    validate.checks = checks  # type: ignore[attr-defined]
+    settled = checks if any_state is True else (any_state or ())
+    if settled:
+
+        def validate_settled(ctx: RuleContext) -> None:
+            _broken(settled, ctx)
+
+        validate_settled.__name__ = "_and_".join(check.__name__ for check in settled)
+        validate.any_state = validate_settled  # type: ignore[attr-defined]
+    else:
+        validate.any_state = None  # type: ignore[attr-defined]
     return validate
 
 
@@ -164,6 +181,16 @@ def r6_preparation_done(ctx: RuleContext) -> Reason | None:
     return None
 
 
+def r6_preparation_done_once_cleared(ctx: RuleContext) -> Reason | None:
+    """Preparation and dosing both come from the clinicians' record, in order: once the
+    client is cleared (preparation can no longer be waiting for anything), a dosing
+    without it breaks R6. Before clearance, the dosing may just have overtaken the
+    prescriber's message."""
+    if ctx.client.state == "cleared":
+        return r6_preparation_done(ctx)
+    return None
+
+
 # --- Dosing safety (R7, R8, R9) --------------------------------------------------------
 
 
@@ -193,6 +220,9 @@ def r9_medication_available(ctx: RuleContext) -> Reason | None:
         return Reason("R9", "high-dose package exhausted: a renewed prescription is needed")
     if client.pathway == "low_dose" and not client.subscription_active:
         return Reason("R9", "low-dose dosing needs an active Joyous subscription")
+    paid_until = client.subscription_paid_until
+    if client.pathway == "low_dose" and paid_until and paid_until < ctx.event_date:
+        return Reason("R9", "the Joyous subscription month has run out")
     return None
 
 
@@ -222,6 +252,12 @@ def dosing_not_yet_completed(ctx: RuleContext) -> Reason | None:
     return None
 
 
+def subscription_period_ended(ctx: RuleContext) -> bool:
+    """The clock says the paid month ran out without a renewal (R9): treated as a lapse."""
+    timer = timer_named(ctx.client, ctx.policy, ctx.data.task_id)
+    return timer is not None and timer.kind == SUBSCRIPTION_END
+
+
 def is_severe(ctx: RuleContext) -> bool:
     """Seed: a concerning reaction; a severe one stops the pathway until reviewed (R10)."""
     return bool(ctx.data.severity == "severe")
@@ -237,7 +273,12 @@ dosing_is_safe = validator(
     r7_chaperone_and_abstinence,
     r8_integration_followed_last_dosing,
     r9_medication_available,
-    any_state=True,
+    any_state=(
+        not_on_hold,
+        r6_preparation_done_once_cleared,
+        r7_chaperone_and_abstinence,
+        r8_integration_followed_last_dosing,
+    ),
 )
 names_clients_prescriber = validator(r5_names_clients_prescriber)
 lapse_is_of_low_dose_subscription = validator(r9_subscription_is_low_dose)

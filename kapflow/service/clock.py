@@ -1,0 +1,114 @@
+"""kapflow's clock: turns the passing of time into recorded events.
+
+The engine never reads a clock. Whoever runs kapflow (the `serve` ticker, each Kafka
+worker for the clients of its partitions, or an operator with `kapflow tick --now T`)
+asks this module what fell due, and records one `system.deadline_reached` event per task
+deadline or timer through the normal ingest path. The event id is derived from the task
+and its due time, and the event `time` is the due time itself, so firing twice (a
+restart, two workers, two ticks) is a duplicate, and a replay reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kapflow.service.ingest import IngestResult, IngestService
+from kapflow.store.base import EventStore
+from kapflow.workflow.policy import CarePolicy
+from kapflow.workflow.tasks import iso
+from kapflow.workflow.timers import CLOCK_SOURCE, timers
+
+Owns = Callable[[str], bool]
+MAX_ROUNDS = 5
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class Deadline:
+    client_id: str
+    task_id: str  # an open task's id, or a timer id
+    kind: str  # "task" or "timer"
+    code: str  # the task code, or the timer kind
+    due: str
+    owner: str | None = None
+    priority: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "code": self.code,
+            "due": self.due,
+            "owner": self.owner,
+            "priority": self.priority,
+        }
+
+    def event(self) -> dict[str, Any]:
+        """The `system.deadline_reached` CloudEvent that records this deadline."""
+        return {
+            "specversion": "1.0",
+            "id": f"deadline:{self.task_id}:{self.due}",
+            "source": CLOCK_SOURCE,
+            "type": "system.deadline_reached",
+            "subject": self.client_id,
+            "time": self.due,
+            "datacontenttype": "application/json",
+            "data": {"task_id": self.task_id},
+        }
+
+
+def deadlines(
+    store: EventStore, policy: CarePolicy, until: datetime, owns: Owns | None = None
+) -> list[Deadline]:
+    """Every task deadline and timer due at or before `until`, earliest first."""
+    limit = iso(until + timedelta(seconds=1))  # `due_before` is exclusive
+    found = [
+        Deadline(t.for_, t.id, "task", t.code, t.due, t.owner, t.priority)
+        for t in store.tasks(open_only=True, due_before=limit, limit=10**9)
+    ]
+    for client in store.clients(limit=10**9):
+        for timer in timers(client, policy):
+            if timer.due < limit:
+                found.append(Deadline(client.client_id, timer.id, "timer", timer.kind, timer.due))
+    if owns is not None:
+        found = [d for d in found if owns(d.client_id)]
+    return sorted(found, key=lambda d: (d.due, d.client_id, d.task_id))
+
+
+@dataclass(slots=True)
+class TickReport:
+    now: str
+    fired: list[IngestResult] = field(default_factory=list)
+    expired_parked: list[IngestResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        outcomes: dict[str, int] = {}
+        for result in self.fired:
+            outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+        return {
+            "now": self.now,
+            "deadlines": len(self.fired),
+            "outcomes": outcomes,
+            "expired_parked": len(self.expired_parked),
+        }
+
+
+def tick(service: IngestService, now: datetime, owns: Owns | None = None) -> TickReport:
+    """Record what fell due by `now`, and reject parked events past the parking window."""
+    report = TickReport(iso(now))
+    # An escalation opens a supervisor task whose own due time may already have passed
+    # (event time is the missed deadline): repeat until nothing new falls due. Supervisor
+    # tasks do not escalate into further supervisor tasks, so this ends within 3 rounds.
+    for _ in range(MAX_ROUNDS):
+        due = deadlines(service.store, service.policy, now, owns)
+        if not due:
+            break
+        results = service.ingest_batch([deadline.event() for deadline in due])
+        report.fired.extend(results)
+        if not any(result.outcome == "accepted" for result in results):
+            break
+    report.expired_parked = service.expire_parked(now, owns)
+    return report
