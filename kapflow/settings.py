@@ -55,6 +55,7 @@ class KafkaSettings(BaseSettings):
     session_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
     heartbeat_interval_seconds: float = Field(default=3.0, gt=0, le=60)
     store_retry_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    clock_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("kafka")
     @classmethod

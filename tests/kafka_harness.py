@@ -56,7 +56,13 @@ class Worker:
     """One `kapflow worker` subprocess, with the short group timeouts tests need."""
 
     def __init__(
-        self, bootstrap: str, db: str, topics: Topics, log: Path, partitions: int = 4
+        self,
+        bootstrap: str,
+        db: str,
+        topics: Topics,
+        log: Path,
+        partitions: int = 4,
+        clock_seconds: float = 3600,
     ) -> None:
         self.command = [KAPFLOW, "worker", "--kafka", bootstrap, "--db", db, "-v"]
         self.env = {
@@ -67,6 +73,9 @@ class Worker:
             "KAPFLOW_REPLICATION_FACTOR": "1",
             "KAPFLOW_PARTITIONS": str(partitions),
             "KAPFLOW_BATCH_SIZE": "200",
+            # The wall clock is far past the synthetic cohort: keep the worker's clock
+            # out of the tests that compare with `kapflow ingest`.
+            "KAPFLOW_CLOCK_INTERVAL_SECONDS": str(clock_seconds),
         }
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None

@@ -5,6 +5,7 @@ outages, and bad messages are dead-lettered without stopping the partition."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,45 @@ def test_a_broker_restart_between_batches_loses_nothing(tmp_path: Path) -> None:
         worker.stop()
         broker.stop()
     assert comparable(db) == comparable(reference_url)
+
+
+def test_the_worker_clock_fires_each_overdue_deadline_once(
+    kafka_broker: LocalBroker, tmp_path: Path
+) -> None:
+    from builders import Journey
+
+    clients = [Journey(f"c-clock-{n}") for n in range(6)]
+    inquiries = [j.inquiry() for j in clients]  # schedule-assessment due two days later
+    topics = Topics()
+    run(topics.create(kafka_broker.bootstrap))
+    run(publish(kafka_broker.bootstrap, topics.events, structured(inquiries)))
+    db = f"sqlite:///{tmp_path / 'worker.db'}"
+    worker = Worker(
+        kafka_broker.bootstrap, db, topics, tmp_path / "worker.log", clock_seconds=1
+    ).start()
+
+    def deadline_counts() -> list[int]:
+        store = open_store(db)
+        try:
+            return [
+                sum(e.type == "system.deadline_reached" for e in store.history(j.client_id))
+                for j in clients
+            ]
+        finally:
+            store.close()
+
+    try:
+        # Each client: the assessment task's deadline, its supervisor task's, the 90-day
+        # inactivity timer, the follow-up task's deadline and its supervisor's.
+        wait_until(lambda: deadline_counts() == [5] * len(clients), 90, "deadline events")
+        import time
+
+        time.sleep(4)  # several more clock rounds: nothing fires twice
+        assert deadline_counts() == [5] * len(clients)
+    finally:
+        worker.stop()
+    assert "verify: OK" in kapflow("verify", db=db).stdout
+    # Nothing the worker's clock left undone: a manual tick now fires only duplicates.
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tick = json.loads(kapflow("tick", "--now", now, "--json", db=db).stdout)
+    assert set(tick["outcomes"]) <= {"duplicate"}

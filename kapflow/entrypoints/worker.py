@@ -13,15 +13,18 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
+import orjson
+from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
 from kapflow.events.kafka_binding import from_kafka_record
 from kapflow.publishers.kafka import KafkaOutboxRelay
-from kapflow.service.ingest import IngestService, RawInput
+from kapflow.service.clock import deadlines
+from kapflow.service.ingest import IngestService, RawInput, utc_now
 from kapflow.settings import KafkaSettings, SettingsError, load_kafka_settings
 from kapflow.store import EventStore, StoreError, open_store
 
@@ -68,6 +71,16 @@ async def ingest_until_recorded(
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.store_retry_max_seconds)
+
+
+def partition_owner(app: faust.App, topic: str) -> Callable[[str], bool] | None:
+    """Whether a client's events land on a partition this worker is assigned (the default
+    partitioner: murmur2 of the key). None until the group has assigned partitions."""
+    partitions = app.consumer.topic_partitions(topic)
+    owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+    if not partitions or not owned:
+        return None
+    return lambda client_id: (murmur2(client_id.encode()) & 0x7FFFFFFF) % partitions in owned
 
 
 def build_app(settings: KafkaSettings, store: EventStore) -> faust.App:
@@ -119,6 +132,28 @@ def build_app(settings: KafkaSettings, store: EventStore) -> faust.App:
             await ingest_until_recorded(service, inputs, settings)
             log.info("recorded a batch of %d events", len(inputs))
         relay.wake()
+
+    @app.timer(interval=settings.clock_interval_seconds)
+    async def clock() -> None:
+        """kapflow's clock for the clients of this worker's partitions (see service/clock).
+
+        Deadline events go through the events topic, keyed by client, so the partition
+        owner applies them in order with everything else; the ids make repeats (another
+        worker after a rebalance, a restart) duplicates.
+        """
+        owns = partition_owner(app, settings.events_topic)
+        if owns is None:
+            return
+        now = utc_now()
+        due = await asyncio.to_thread(deadlines, store, service.policy, now, owns)
+        for deadline in due:
+            await events.send(key=deadline.client_id.encode(), value=orjson.dumps(deadline.event()))
+        expired = await asyncio.to_thread(service.expire_parked, now, owns)
+        if due or expired:
+            log.info(
+                "clock: %d deadlines published, %d parked events expired", len(due), len(expired)
+            )
+            relay.wake()
 
     @app.task
     async def publish_outbox() -> None:
