@@ -72,7 +72,7 @@ class Worker:
             "KAPFLOW_HEARTBEAT_INTERVAL_SECONDS": "0.5",
             "KAPFLOW_REPLICATION_FACTOR": "1",
             "KAPFLOW_PARTITIONS": str(partitions),
-            "KAPFLOW_BATCH_SIZE": "200",
+            "KAPFLOW_BATCH_SIZE": os.environ.get("KAPFLOW_BATCH_SIZE", "200"),
             # The wall clock is far past the synthetic cohort: keep the worker's clock
             # out of the tests that compare with `kapflow ingest`.
             "KAPFLOW_CLOCK_INTERVAL_SECONDS": str(clock_seconds),

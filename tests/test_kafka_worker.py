@@ -5,8 +5,8 @@ outages, and bad messages are dead-lettered without stopping the partition."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +241,107 @@ def test_the_worker_clock_fires_each_overdue_deadline_once(
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     tick = json.loads(kapflow("tick", "--now", now, "--json", db=db).stdout)
     assert set(tick["outcomes"]) <= {"duplicate"}
+
+
+@pytest.mark.postgres
+def test_two_workers_on_four_partitions_with_postgresql_match_cli_ingest(
+    kafka_broker: LocalBroker, tmp_path: Path, postgres_url: str
+) -> None:
+    events = list(generate_cohort(clients=80, seed=13))
+    reference_url, expected = reference(tmp_path, events)
+    topics = Topics()
+    run(topics.create(kafka_broker.bootstrap, partitions=4))
+    run(publish(kafka_broker.bootstrap, topics.events, structured(events)))
+    open_store(postgres_url).close()  # schema first, then the workers
+    workers = [
+        Worker(kafka_broker.bootstrap, postgres_url, topics, tmp_path / f"w{n}.log").start()
+        for n in range(2)
+    ]
+    try:
+        wait_until(lambda: progress(postgres_url) == (expected, 0), 180, "both workers done")
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert comparable(postgres_url) == comparable(reference_url)
+    assert "verify: OK" in kapflow("verify", db=postgres_url).stdout
+    logs = [(tmp_path / f"w{n}.log").read_text() for n in range(2)]
+    assert all("recorded a batch" in log for log in logs), "both workers took partitions"
+
+
+def _pg_cluster(action: str) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("pg_ctlcluster") is None:
+        pytest.skip("pg_ctlcluster not available to stop and start PostgreSQL")
+    version = sorted(Path("/etc/postgresql").iterdir())[0].name
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, "-m", "fast"]
+        if action == "stop"
+        else ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.postgres
+def test_a_postgresql_restart_mid_stream_loses_nothing(
+    kafka_broker: LocalBroker, tmp_path: Path, postgres_url: str
+) -> None:
+    import time
+
+    events = list(generate_cohort(clients=120, seed=17))
+    reference_url, expected = reference(tmp_path, events)
+    topics = Topics()
+    run(topics.create(kafka_broker.bootstrap))
+    open_store(postgres_url).close()
+    worker = Worker(kafka_broker.bootstrap, postgres_url, topics, tmp_path / "w.log").start()
+    try:
+        half = len(events) // 2
+        run(publish(kafka_broker.bootstrap, topics.events, structured(events[:half])))
+        wait_until(lambda: progress(postgres_url)[0] > 0, 60, "the first batches")
+        _pg_cluster("stop")
+        try:
+            # The rest arrives while the database is down: the worker must wait, not skip.
+            run(publish(kafka_broker.bootstrap, topics.events, structured(events[half:])))
+            time.sleep(4)
+        finally:
+            _pg_cluster("start")
+        wait_until(lambda: _reachable(postgres_url), 60, "PostgreSQL back")
+        wait_until(lambda: progress(postgres_url) == (expected, 0), 180, "all events after restart")
+    finally:
+        worker.stop()
+    assert comparable(postgres_url) == comparable(reference_url)
+    assert "store unavailable" in (tmp_path / "w.log").read_text()
+
+
+def _reachable(url: str) -> bool:
+    try:
+        progress(url)
+    except Exception:  # noqa: BLE001 - still starting up
+        return False
+    return True
+
+
+def test_only_one_relay_holds_the_outbox_lease_at_a_time(tmp_path: Path) -> None:
+    from kapflow.publishers.lease import lease_for
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    first, second = lease_for(url), lease_for(url)
+    assert first.acquire() and first.acquire()  # re-entrant for its holder
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+    second.release()
+
+
+@pytest.mark.postgres
+def test_the_postgresql_lease_moves_when_its_holder_goes(postgres_url: str) -> None:
+    from kapflow.publishers.lease import lease_for
+
+    first, second = lease_for(postgres_url), lease_for(postgres_url)
+    assert first.acquire() and not second.acquire()
+    first.release()  # a dead worker's session ends the same way
+    assert second.acquire()
+    second.release()

@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from kapflow.publishers.lease import Lease, lease_for
 from kapflow.service.ingest import utc_now
 from kapflow.service.outbox import as_cloudevent, render
 from kapflow.settings import KafkaSettings
@@ -27,8 +28,11 @@ log = logging.getLogger("kapflow.relay")
 
 
 class KafkaOutboxRelay:
-    def __init__(self, store: EventStore, settings: KafkaSettings) -> None:
+    def __init__(
+        self, store: EventStore, settings: KafkaSettings, lease: Lease | None = None
+    ) -> None:
         self.store = store
+        self.lease = lease or lease_for(store.url)
         self.settings = settings
         self.topics = settings.topics
         self._producer: AIOKafkaProducer | None = None
@@ -46,6 +50,7 @@ class KafkaOutboxRelay:
         await self._producer.start()
 
     async def stop(self) -> None:
+        await asyncio.to_thread(self.lease.release)
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -82,6 +87,11 @@ class KafkaOutboxRelay:
         """Publish until `stop` is set; survive broker and database outages."""
         backoff = 0.5
         while not stop.is_set():
+            if not await asyncio.to_thread(self.lease.acquire):
+                # Another worker publishes; stand by to take over if it goes away.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.relay_idle_seconds * 4)
+                continue
             try:
                 published = await self.publish_pending()
                 backoff = 0.5
