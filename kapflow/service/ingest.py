@@ -29,7 +29,7 @@ from kapflow.store.base import (
     Receipt,
     RejectedRecord,
     StoreTransaction,
-    chain_hash,
+    entry_hash,
 )
 from kapflow.workflow.client import NEW, ClientSnapshot
 from kapflow.workflow.policy import DEFAULT_POLICY, CarePolicy
@@ -210,9 +210,7 @@ class _Batch:
         event_json = event.model_dump_json(exclude_none=True)
         outcome_json = _dumps(outcome.record())
         occurred_at = iso(event.time)
-        previous = self.clients[event.subject].last_hash
-        digest = chain_hash(
-            previous,
+        entry = HistoryEntry(
             after.client_id,
             after.seq,
             event.source,
@@ -225,26 +223,12 @@ class _Batch:
             outcome.to_state,
             event_json,
             outcome_json,
+            prev_hash=self.clients[event.subject].last_hash,
+            hash="",
         )
-        after.last_hash = digest
-        self.writes.history.append(
-            HistoryEntry(
-                after.client_id,
-                after.seq,
-                event.source,
-                event.id,
-                event.type,
-                occurred_at,
-                self.recorded_at,
-                PATHWAY_VERSION,
-                outcome.from_state,
-                outcome.to_state,
-                event_json,
-                outcome_json,
-                previous,
-                digest,
-            )
-        )
+        entry.hash = entry_hash(entry)
+        after.last_hash = entry.hash
+        self.writes.history.append(entry)
         self.clients[event.subject] = after
         self.writes.clients[event.subject] = after
         self._receipt(event, ACCEPTED)
