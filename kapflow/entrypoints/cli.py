@@ -130,25 +130,18 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from kapflow.service.audit import replay
+    from kapflow.service.audit import replay_view
 
     store = _store(args)
     entries = store.history(args.client_id)
     if not entries:
         raise CommandError(f"client {args.client_id} has no history", 1)
-    result = replay(entries, args.client_id, as_of=args.as_of, known_at=args.known_at)
-    view = result.client.view()
-    view.pop("parked_events", None)
-    view["as_of"] = args.as_of.isoformat().replace("+00:00", "Z") if args.as_of else None
-    view["known_at"] = args.known_at.isoformat().replace("+00:00", "Z") if args.known_at else None
-    view["events_applied"] = result.applied
-    if result.client.state == "new":
-        view["state"] = None
+    view = replay_view(entries, args.client_id, args.as_of, args.known_at)
     if args.json:
         _print_json(view)
     else:
         _print_client(view)
-        print(f"events applied {result.applied}")
+        print(f"events applied {view['events_applied']}")
     return 0
 
 
@@ -500,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--keys-file", help="API keys file (or KAPFLOW_API_KEYS)")
     sub.add_argument("--kafka", help="also publish the outbox to Kafka at HOST:PORT")
     sub.add_argument(
+        "--clock-interval",
+        type=float,
+        default=30.0,
+        help="seconds between clock ticks recording deadlines (0: off; use `kapflow tick`)",
+    )
+    sub.add_argument(
         "--max-body-bytes", type=int, default=1024 * 1024, help="largest POST body (413 beyond)"
     )
     sub.add_argument(
@@ -530,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="publisher only: an event-type prefix it may post, e.g. scheduling (repeatable)",
     )
+    create.add_argument("--json", action="store_true", help="print the secret and entry as JSON")
 
     sub = add("worker", cmd_worker, "Kafka stream worker")
     sub.add_argument("--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT")

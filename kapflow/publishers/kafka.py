@@ -45,7 +45,7 @@ class KafkaOutboxRelay:
             acks="all",
             linger_ms=5,
             request_timeout_ms=30_000,
-            **self.settings.client_options(),  # type: ignore[arg-type]
+            **self.settings.client_options(),
         )
         await self._producer.start()
 

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from kapflow.engine import Outcome, apply
 from kapflow.events import CloudEvent, parse_event
-from kapflow.service.ingest import _dumps
+from kapflow.service.ingest import compact_json
 from kapflow.store.base import EventStore, HistoryEntry, entry_hash
 from kapflow.workflow.client import GENESIS_HASH, ClientSnapshot
 from kapflow.workflow.policy import DEFAULT_POLICY, CarePolicy
@@ -72,6 +72,24 @@ def replay(
             # Seen without the events that came before it in time; not applicable then.
             skipped += 1
     return Replay(client, applied, skipped)
+
+
+def replay_view(
+    entries: list[HistoryEntry],
+    client_id: str,
+    as_of: datetime | None = None,
+    known_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The client object as it stood (SPEC §7 `kapflow replay ID --json`), for every runtime."""
+    result = replay(entries, client_id, as_of=as_of, known_at=known_at)
+    view = result.client.view()
+    view.pop("parked_events", None)
+    view["as_of"] = iso(as_of) if as_of else None
+    view["known_at"] = iso(known_at) if known_at else None
+    view["events_applied"] = result.applied
+    if result.client.state == "new":
+        view["state"] = None
+    return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +181,7 @@ def _verify_client(
                     f"{outcome.from_state}->{outcome.to_state}",
                 )
             )
-        if _dumps(outcome.record()) != entry.outcome:
+        if compact_json(outcome.record()) != entry.outcome:
             found(Divergence(client_id, entry.seq, "outcome", "recorded tasks/reasons differ"))
         client = outcome.client
         client.last_hash = entry.hash
@@ -233,7 +251,7 @@ EXPORT_COLUMNS = (
 def export_jsonl(entries: Iterable[HistoryEntry], out: TextIO) -> int:
     count = 0
     for entry in entries:
-        out.write(_dumps(entry.as_dict()) + "\n")
+        out.write(compact_json(entry.as_dict()) + "\n")
         count += 1
     return count
 

@@ -96,19 +96,37 @@ class TickReport:
         }
 
 
+Record = Callable[[list[dict[str, Any]]], list[IngestResult]]
+
+
+def fire_deadlines(
+    record: Record,
+    store: EventStore,
+    policy: CarePolicy,
+    now: datetime,
+    owns: Owns | None = None,
+) -> list[IngestResult]:
+    """Record every deadline due by `now` through `record` (a service or a single writer).
+
+    An escalation opens a supervisor task whose own due time may already have passed (event
+    time is the missed deadline): repeat until nothing new falls due. Supervisor tasks do
+    not escalate into further supervisor tasks, so this ends within three rounds.
+    """
+    fired: list[IngestResult] = []
+    for _ in range(MAX_ROUNDS):
+        due = deadlines(store, policy, now, owns)
+        if not due:
+            break
+        results = record([deadline.event() for deadline in due])
+        fired.extend(results)
+        if not any(result.outcome == "accepted" for result in results):
+            break
+    return fired
+
+
 def tick(service: IngestService, now: datetime, owns: Owns | None = None) -> TickReport:
     """Record what fell due by `now`, and reject parked events past the parking window."""
     report = TickReport(iso(now))
-    # An escalation opens a supervisor task whose own due time may already have passed
-    # (event time is the missed deadline): repeat until nothing new falls due. Supervisor
-    # tasks do not escalate into further supervisor tasks, so this ends within 3 rounds.
-    for _ in range(MAX_ROUNDS):
-        due = deadlines(service.store, service.policy, now, owns)
-        if not due:
-            break
-        results = service.ingest_batch([deadline.event() for deadline in due])
-        report.fired.extend(results)
-        if not any(result.outcome == "accepted" for result in results):
-            break
+    report.fired = fire_deadlines(service.ingest_batch, service.store, service.policy, now, owns)
     report.expired_parked = service.expire_parked(now, owns)
     return report

@@ -74,7 +74,7 @@ class IngestResult:
 RawInput = str | bytes | dict[str, Any] | CloudEvent
 
 
-def _dumps(value: Any) -> str:
+def compact_json(value: Any) -> str:
     """Compact JSON, deterministic for the same value (history and verify depend on it)."""
     return orjson.dumps(value).decode()
 
@@ -87,7 +87,7 @@ def _original_text(raw: RawInput) -> str:
         return raw.strip()
     if isinstance(raw, CloudEvent):
         return raw.model_dump_json(exclude_none=True)
-    return _dumps(raw)
+    return compact_json(raw)
 
 
 def _fingerprint(text: str) -> str:
@@ -208,7 +208,7 @@ class _Batch:
     def _append(self, event: CloudEvent, outcome: Outcome) -> None:
         after = outcome.client
         event_json = event.model_dump_json(exclude_none=True)
-        outcome_json = _dumps(outcome.record())
+        outcome_json = compact_json(outcome.record())
         occurred_at = iso(event.time)
         entry = HistoryEntry(
             after.client_id,
@@ -253,7 +253,7 @@ class _Batch:
             iso(event.time),
             self.recorded_at,
             event.model_dump_json(exclude_none=True),
-            _dumps([reason.as_dict() for reason in reasons]),
+            compact_json([reason.as_dict() for reason in reasons]),
         )
         key = (event.source, event.id)
         self.writes.parked_added[key] = parked
@@ -276,7 +276,7 @@ class _Batch:
                 event.subject,
                 event.type,
                 self.recorded_at,
-                _dumps([reason.as_dict() for reason in reasons]),
+                compact_json([reason.as_dict() for reason in reasons]),
                 original,
             )
         )
@@ -291,7 +291,7 @@ class _Batch:
             rejection.subject,
             rejection.type,
             self.recorded_at,
-            _dumps([reason.as_dict() for reason in rejection.reasons]),
+            compact_json([reason.as_dict() for reason in rejection.reasons]),
             original,
         )
         if self.seen(UNPARSEABLE_SOURCE, record.key_id) is None:

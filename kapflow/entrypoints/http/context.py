@@ -1,0 +1,87 @@
+"""What every route needs, built once per app: settings, store, writer, feed, access log.
+
+Routes get it with `services(request)`; nothing is a module-level global, so tests can run
+several apps (each with its own database) in one process.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from fastapi import Request
+
+from kapflow.entrypoints.http.errors import ApiError
+from kapflow.entrypoints.http.metrics import ServiceMetrics
+from kapflow.entrypoints.http.readmodels import PathwayFunnel
+from kapflow.entrypoints.http.stream import OutboxFeed
+from kapflow.service.access import ApiKey, KeyRing
+from kapflow.service.writer import SingleWriter
+from kapflow.store.access_log import AccessLog, AccessRecord
+from kapflow.store.base import EventStore
+from kapflow.workflow.tasks import iso
+
+MiB = 1024 * 1024
+
+
+def server_now() -> datetime:
+    """The server clock, for read-side questions only (overdue, access-log time); the
+    engine never reads it (SPEC §6)."""
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class HttpSettings:
+    db: str
+    keys: KeyRing | None  # None: --insecure-dev (no keys, every caller is admin)
+    max_body_bytes: int = MiB
+    max_events: int = 1000
+    poll_interval: float = 1.0
+    keepalive: float = 15.0
+    buffer_rows: int = 5000
+    clock_interval: float = 0.0  # seconds between clock ticks; 0: off (`serve` turns it on)
+    kafka: str | None = None  # also publish the outbox to Kafka at HOST:PORT
+
+    @property
+    def insecure_dev(self) -> bool:
+        return self.keys is None
+
+
+@dataclass(slots=True)
+class Services:
+    settings: HttpSettings
+    store: EventStore
+    writer: SingleWriter
+    feed: OutboxFeed
+    access_log: AccessLog
+    metrics: ServiceMetrics
+    funnel: PathwayFunnel
+    # Long reads (export, verify, the funnel's startup pass) run here: a few long-lived
+    # threads, so each SQLite cursor stays on the thread (connection) that opened it.
+    background: ThreadPoolExecutor
+    feed_reader: ThreadPoolExecutor
+    started_at: datetime = field(default_factory=server_now)
+
+
+def services(request: Request) -> Services:
+    found: Services | None = getattr(request.app.state, "services", None)
+    if found is None:
+        raise ApiError(503, "starting", "the service is starting; retry shortly")
+    return found
+
+
+def principal(request: Request) -> ApiKey:
+    key: ApiKey = request.state.principal
+    return key
+
+
+def record_access(
+    request: Request, action: str, client_id: str | None = None, detail: str | None = None
+) -> None:
+    """Record a sensitive read BEFORE serving it: if it cannot be recorded, it is not served
+    (a StoreError here becomes a 503)."""
+    who = principal(request)
+    services(request).access_log.record(
+        AccessRecord(iso(server_now()), who.name, who.role, action, client_id, detail)
+    )

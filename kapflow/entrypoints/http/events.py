@@ -1,0 +1,244 @@
+"""`POST /v1/events`: the HTTP door to the one write path (IngestService via the writer).
+
+Status codes, decided once:
+- 200 whenever every event got an outcome. A rejected, duplicate or parked event is an
+  outcome, not a failed request (same as `kapflow ingest`, which exits 0): the body is
+  one outcome object for a single CloudEvent, or an array of them, in order, for an array.
+  `X-Kapflow-Outcomes` sums them up (e.g. `accepted=3,rejected=1`). No 207: there is no
+  per-item HTTP status to report, only domain outcomes.
+- 400 the body is not JSON; 413 too big (bytes or events); 415 a non-JSON content type;
+  422 JSON that is neither an object nor an array. Nothing is recorded for these.
+- 401/403 before anything is read into the engine; a publisher posting any event type
+  outside its prefixes fails the whole request (nothing recorded).
+- 503 the database or the writer is unavailable: nothing recorded, safe to retry
+  (every event is idempotent on source + id).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from kapflow.entrypoints.http.auth import require
+from kapflow.entrypoints.http.context import services
+from kapflow.entrypoints.http.errors import ApiError, errors_for
+from kapflow.entrypoints.http.schemas import OutcomeOut
+from kapflow.events import EVENT_TYPES
+from kapflow.service.access import ApiKey, Permission
+from kapflow.service.writer import WriterClosed, WriterOverloaded
+from kapflow.store.base import StoreError
+
+log = logging.getLogger("kapflow.http.events")
+router = APIRouter(tags=["events"])
+
+_EXAMPLE = {
+    "specversion": "1.0",
+    "id": "evt-1",
+    "source": "urn:qmts:scheduling",
+    "type": "scheduling.inquiry_received",
+    "subject": "c-000001",
+    "time": "2026-01-05T09:00:00Z",
+    "datacontenttype": "application/json",
+    "data": {"channel": "email"},
+}
+
+# Deliberately loose: any JSON object is a valid request element. What makes an event valid
+# (envelope, type, data) is checked per event and answered as an outcome, not as a 4xx.
+_CLOUD_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "CloudEvent",
+    "description": "A CloudEvents 1.0 envelope, structured JSON mode. It is validated per "
+    "event, by type (`kapflow schema` writes one JSON Schema per type): an invalid event "
+    "is a `rejected` outcome with machine-readable reasons, not a failed request.",
+    "properties": {
+        "specversion": {"description": "`1.0`"},
+        "id": {"description": "unique per source"},
+        "source": {"description": "URI-reference of the publisher"},
+        "type": {"description": "one of: " + ", ".join(EVENT_TYPES)},
+        "subject": {"description": "the client id"},
+        "time": {"description": "RFC 3339: when it happened"},
+        "datacontenttype": {"description": "`application/json`"},
+        "data": {"description": "the event's fields (flags and codes only)"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _request_body() -> dict[str, Any]:
+    # The size limits (bytes, events) are configurable per server, so they are described,
+    # not encoded as maxItems: a 413 is their answer, not a schema violation.
+    schema = {
+        "oneOf": [
+            _CLOUD_EVENT_SCHEMA,
+            {
+                "type": "array",
+                "description": "CloudEvents, applied in order; at most the server's "
+                "--max-events (default 1000) and --max-body-bytes (default 1 MiB), else 413",
+                "items": {"description": "each element is validated as a CloudEvent"},
+            },
+        ]
+    }
+    return {
+        "required": True,
+        "content": {
+            media: {"schema": schema, "example": _EXAMPLE}
+            for media in ("application/json", "application/cloudevents+json")
+        },
+    }
+
+
+def _outcome_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": "One outcome per event: an object for a single CloudEvent, an "
+            "array (same order) for an array",
+            "model": OutcomeOut | list[OutcomeOut],
+            "headers": {
+                "X-Kapflow-Outcomes": {
+                    "description": "counts by outcome, e.g. accepted=3,rejected=1",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **errors_for(400, 401, 403, 413, 415, 422, 503),
+    }
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return True  # no claim made: try it as JSON
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else type(value).__name__
+
+
+def decode_events(body: bytes, max_events: int) -> tuple[list[bytes], list[Any], bool]:
+    """The body as raw events for the ingest service, the decoded elements, and whether it
+    was a single object.
+
+    Each element is handed over as compact JSON text, so validation (strict, per type) and
+    the dead letter's `original` are the same as for a line of `kapflow ingest`.
+    """
+    if not body.strip():
+        raise ApiError(400, "malformed_json", "the body is empty; send a CloudEvent or an array")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(
+            400,
+            "malformed_json",
+            f"the body is not valid JSON (line {error.lineno}, column {error.colno})",
+            line=error.lineno,
+            column=error.colno,
+        ) from None
+    if isinstance(document, dict):
+        return [body], [document], True
+    if isinstance(document, list):
+        if len(document) > max_events:
+            raise ApiError(
+                413,
+                "too_many_events",
+                f"{len(document)} events in one request; at most {max_events}",
+                limit=max_events,
+            )
+        return [orjson.dumps(item) for item in document], document, False
+    raise ApiError(
+        422,
+        "invalid_body",
+        f"the body must be a CloudEvent object or a JSON array of them, not a JSON "
+        f"{_json_kind(document)}",
+    )
+
+
+def _refused_types(items: list[Any], key: ApiKey) -> list[dict[str, Any]]:
+    if key.role != "publisher":
+        return []
+    refused = []
+    for index, item in enumerate(items):
+        # Only the `type` is looked at here; an element without one is left to the schema
+        # check (a rejected outcome), since it claims no type it could be refused for.
+        type_ = item.get("type") if isinstance(item, dict) else None
+        if isinstance(type_, str) and not key.may_publish_type(type_):
+            refused.append({"index": index, "type": type_[:128]})
+    return refused
+
+
+@router.post(
+    "/v1/events",
+    summary="Publish one CloudEvent or an array of them",
+    response_model=None,
+    responses=_outcome_responses(),
+    openapi_extra={"requestBody": _request_body()},
+)
+async def publish_events(
+    request: Request, key: Annotated[ApiKey, Depends(require(Permission.PUBLISH))]
+) -> Response:
+    ctx = services(request)
+    if not _is_json(request.headers.get("content-type")):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the events as JSON (Content-Type: application/json)",
+        )
+    body = await _read_body(request, ctx.settings.max_body_bytes)
+    raw, items, single = decode_events(body, ctx.settings.max_events)
+    refused = _refused_types(items, key)
+    if refused:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"key `{key.name}` may publish only types under: {', '.join(key.prefixes)};"
+            " nothing in this request was recorded",
+            permission=Permission.PUBLISH,
+            role=key.role,
+            allowed_prefixes=list(key.prefixes),
+            refused=refused[:20],
+        )
+    try:
+        results = await ctx.writer.publish(raw)
+    except WriterOverloaded:
+        raise ApiError(
+            503, "overloaded", "too many events queued; retry", headers={"Retry-After": "1"}
+        ) from None
+    except WriterClosed:
+        raise ApiError(503, "shutting_down", "the service is stopping; retry") from None
+    except StoreError as error:
+        log.error("publish failed: %s", error)
+        raise ApiError(
+            503, "database_unavailable", "nothing was recorded; retry (events are idempotent)"
+        ) from None
+    outcomes = [result.as_dict() for result in results]
+    summary = Counter(result.outcome for result in results)
+    return Response(
+        orjson.dumps(outcomes[0] if single else outcomes),
+        media_type="application/json",
+        headers={"X-Kapflow-Outcomes": ",".join(f"{k}={v}" for k, v in sorted(summary.items()))},
+    )

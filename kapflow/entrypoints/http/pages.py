@@ -1,0 +1,155 @@
+"""Probes, metrics, the operations dashboard and the API docs.
+
+Nothing here is fetched from the internet: the dashboard is served from the package, and
+/docs uses the Swagger UI files shipped in the `fastapi-offline` wheel (no CDN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kapflow.entrypoints.http.auth import require
+from kapflow.entrypoints.http.context import services
+from kapflow.entrypoints.http.errors import errors_for
+from kapflow.entrypoints.http.schemas import HealthOut, ReadyOut
+from kapflow.service.access import Permission
+
+router = APIRouter()
+
+STATIC = resources.files("kapflow.entrypoints.http") / "static"
+_DASHBOARD_FILES = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+# The page's own origin only: no inline script, no external anything.
+_DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _swagger_static() -> Path | None:
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    folder = Path(fastapi_offline.__file__).parent / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+@router.get(
+    "/healthz",
+    tags=["probes"],
+    summary="Liveness: the process is up (no database check)",
+    response_model=HealthOut,
+)
+async def healthz(request: Request) -> JSONResponse:
+    insecure = request.app.state.keys is None
+    return JSONResponse({"status": "ok", "insecure_dev": insecure})
+
+
+@router.get(
+    "/readyz",
+    tags=["probes"],
+    summary="Readiness: the database answers and the writer is running",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "not ready"}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    ctx = getattr(request.app.state, "services", None)
+    if ctx is None:
+        return JSONResponse({"status": "starting", "database": "unknown", "writer": "unknown"}, 503)
+    try:
+        await asyncio.wait_for(asyncio.to_thread(ctx.store.outbox_after, 2**62, 1), 5.0)
+        database = "ok"
+    except Exception as error:  # noqa: BLE001 - any failure means not ready
+        database = f"unavailable ({type(error).__name__})"
+    writer = "ok" if ctx.writer.running else "stopped"
+    ready = database == "ok" and writer == "ok"
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "database": database, "writer": writer},
+        200 if ready else 503,
+    )
+
+
+@router.get(
+    "/metrics",
+    tags=["probes"],
+    summary="Prometheus metrics (text exposition format)",
+    response_model=None,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+        **errors_for(401, 403, 503),
+    },
+)
+def metrics(
+    request: Request, _: Annotated[object, Depends(require(Permission.METRICS))]
+) -> Response:
+    registry = services(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/dashboard", include_in_schema=False)
+async def dashboard() -> Response:
+    page = (STATIC / "dashboard.html").read_bytes()
+    return Response(
+        page,
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Security-Policy": _DASHBOARD_CSP, "Cache-Control": "no-cache"},
+    )
+
+
+@router.get("/dashboard/{name}", include_in_schema=False)
+async def dashboard_asset(name: str) -> Response:
+    media = _DASHBOARD_FILES.get(name)
+    if media is None:
+        return JSONResponse({"error": "not_found", "detail": "no such file"}, 404)
+    return Response(
+        (STATIC / name).read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"}
+    )
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    if _swagger_static() is None:
+        return HTMLResponse(
+            "<!doctype html><title>kapflow API</title><p>Swagger UI is not installed "
+            "(pip install fastapi-offline). The OpenAPI document is at "
+            "<a href='/openapi.json'>/openapi.json</a>.</p>"
+        )
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="kapflow API",
+        swagger_js_url="/docs/static/swagger-ui-bundle.js",
+        swagger_css_url="/docs/static/swagger-ui.css",
+        swagger_favicon_url="/docs/static/favicon.png",
+    )
+
+
+@router.get("/docs/static/{name}", include_in_schema=False)
+async def docs_static(name: str) -> Response:
+    folder = _swagger_static()
+    allowed = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"}
+    if folder is None or name not in allowed:
+        return JSONResponse({"error": "not_found", "detail": "no such file"}, 404)
+    return FileResponse(folder / name, headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> Response:
+    return JSONResponse(
+        {
+            "service": "kapflow",
+            "dashboard": "/dashboard",
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+        }
+    )

@@ -1,0 +1,205 @@
+"""Response shapes, for the OpenAPI document only.
+
+Why models that are not used to build responses: the bodies are the very objects the CLI
+prints with `--json` (`IngestResult.as_dict`, `ClientSnapshot.view`, `Task.as_dict`, …), built
+once in the service and domain layers. Re-validating them through a second set of models on
+every response would cost time and invite drift; instead these models document them, and
+the schemathesis test checks every response against the document.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Outcome = Literal["accepted", "duplicate", "rejected", "parked"]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ReasonOut(_Open):
+    code: str = Field(description="an R-id (R1–R12) or a stable error code")
+    message: str
+    field: str | None = None
+
+
+class OutcomeOut(_Open):
+    """One per published event, in order: `IngestResult.as_dict()` (SPEC §7 ingest line)."""
+
+    id: str | None
+    subject: str | None
+    type: str | None
+    outcome: Outcome
+    reasons: list[ReasonOut]
+    state: str | None = Field(description="the client's state after the event")
+
+
+class TaskOut(_Open):
+    """A follow-up task, FHIR-Task-shaped (SPEC §4)."""
+
+    id: str
+    status: Literal["requested", "in-progress", "completed", "cancelled"]
+    intent: str
+    priority: Literal["routine", "urgent", "asap", "stat"]
+    code: str
+    description: str
+    for_: str = Field(alias="for", description="the client id")
+    owner: str
+    focus: str = Field(description="id of the event that raised the task")
+    authored_on: str
+    due: str
+    last_modified: str
+    amount_usd: str | None = None
+    note: str | None = None
+    about: str | None = None
+
+
+class ClientOut(_Open):
+    """`kapflow client ID --json` (SPEC §7)."""
+
+    client_id: str
+    state: str
+    seq: int
+    pathway: str | None
+    prescriber: str | None
+    clearance_valid_until: str | None
+    doses_remaining: int | None
+    dosing_sessions: int
+    subscription_active: bool | None
+    preparation_sessions: int
+    awaiting_integration: bool
+    held_from: str | None
+    reasons: list[str]
+    parked_events: int
+    last_event_time: str | None
+    open_tasks: list[TaskOut]
+
+
+class ReplayOut(_Open):
+    """`kapflow replay ID --json`: the client as it stood at `as_of` / `known_at`."""
+
+    client_id: str
+    state: str | None
+    seq: int
+    pathway: str | None
+    doses_remaining: int | None
+    preparation_sessions: int
+    reasons: list[str]
+    open_tasks: list[TaskOut]
+    as_of: str | None
+    known_at: str | None
+    events_applied: int
+
+
+class HistoryEntryOut(_Open):
+    client_id: str
+    seq: int
+    source: str
+    event_id: str
+    type: str
+    occurred_at: str
+    recorded_at: str
+    pathway_version: str
+    from_state: str
+    to_state: str
+    event: dict[str, Any]
+    outcome: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class FunnelStage(_Open):
+    stage: str
+    reached: int = Field(description="clients who ever reached this stage")
+    current: int = Field(description="clients in this stage now")
+
+
+class StatsOut(_Open):
+    now: str
+    pathway_version: str
+    clients_total: int
+    clients_by_state: dict[str, int]
+    clients_awaiting_first_event: int = Field(
+        description="clients kapflow knows only through parked events"
+    )
+    funnel: list[FunnelStage]
+    open_tasks: int
+    overdue_tasks: int
+    open_tasks_by_owner: dict[str, int]
+    overdue_tasks_by_owner: dict[str, int]
+    totals: dict[str, int]
+
+
+class RejectionOut(_Open):
+    position: int
+    source: str | None
+    id: str | None
+    subject: str | None
+    type: str | None
+    recorded_at: str
+    reasons: list[ReasonOut]
+    original: str = Field(description="the message as received (dead letter)")
+
+
+class ParkedOut(_Open):
+    source: str
+    id: str
+    subject: str
+    type: str
+    occurred_at: str
+    recorded_at: str
+    reasons: list[ReasonOut]
+    event: dict[str, Any]
+
+
+class DivergenceOut(_Open):
+    client_id: str
+    seq: int | None
+    kind: str
+    detail: str
+
+
+class VerifyOut(_Open):
+    ok: bool
+    clients: int
+    entries: int
+    pathway_version: str
+    divergences: list[DivergenceOut]
+
+
+class AccessRecordOut(_Open):
+    position: int | None
+    at: str
+    who: str
+    role: str
+    action: str
+    client_id: str | None
+    detail: str | None
+
+
+class TransitionOut(_Open):
+    event: str
+    source: str
+    target: str
+
+
+class PathwayOut(_Open):
+    version: str
+    main_line: list[str]
+    states: list[str]
+    transitions: list[TransitionOut]
+    mermaid: str
+
+
+class HealthOut(_Open):
+    status: str
+    insecure_dev: bool = False
+
+
+class ReadyOut(_Open):
+    status: str
+    database: str
+    writer: str

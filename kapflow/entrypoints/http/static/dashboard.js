@@ -1,0 +1,350 @@
+// kapflow operations dashboard: no framework, no external files (served with a strict CSP).
+// Data: /v1/pathway once, /v1/stats on load and (debounced) after every streamed change,
+// /v1/stream (Server-Sent Events) for the recent-changes and rejections lists.
+// Only ids and codes are shown: client ids, states, event types, reason codes.
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "kapflow.apiKey";
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const MAX_ITEMS = 40;
+  const BACKLOG_ROWS = 400;
+  const OWNERS = ["scheduler", "clinician", "billing", "prescriber_liaison", "client"];
+  const ACTIVE = ["inquiry", "assessed", "cleared", "prepared", "dosed", "integrating"];
+
+  let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
+  let source = null;
+  let pathway = null;
+  let refreshTimer = null;
+  let retryTimer = null;
+  let liveSince = 0;
+  const seen = new Set();
+  const nodes = {};
+  const $ = (id) => document.getElementById(id);
+
+  class AuthError extends Error {}
+
+  // --- API -----------------------------------------------------------------------------
+  async function api(path) {
+    const headers = apiKey ? { Authorization: "Bearer " + apiKey } : {};
+    const response = await fetch(path, { headers, cache: "no-store" });
+    if (response.headers.get("X-Kapflow-Insecure-Dev") === "true") {
+      $("insecure-banner").hidden = false;
+    }
+    if (response.status === 401 || response.status === 403) {
+      const body = await response.json().catch(() => ({}));
+      throw new AuthError(body.detail || "this key may not open the dashboard");
+    }
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    return response.json();
+  }
+
+  // --- connection indicator ------------------------------------------------------------
+  function setConnection(state, text) {
+    const el = $("connection");
+    el.className = "conn conn-" + state;
+    el.dataset.state = state;
+    el.querySelector(".label").textContent = text || state;
+  }
+
+  // --- helpers ---------------------------------------------------------------------------
+  function svg(tag, attrs, parent) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+    if (parent) parent.appendChild(el);
+    return el;
+  }
+  function html(tag, className, text) {
+    const el = document.createElement(tag);
+    if (className) el.className = className;
+    if (text !== undefined && text !== null) el.textContent = text;
+    return el;
+  }
+  const fmt = (n) => (n === undefined || n === null ? "—" : Number(n).toLocaleString("en-US"));
+  const label = (state) => (state || "—").replace(/_/g, " ");
+  function clock(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return "—";
+    return d.toLocaleTimeString("en-GB", { hour12: false });
+  }
+  function setNumber(id, value, zeroClass) {
+    const el = $(id);
+    el.textContent = fmt(value);
+    if (zeroClass) el.classList.toggle("zero", !value);
+  }
+
+  // --- pathway diagram (drawn from /v1/pathway: the machine's own states) ---------------
+  function drawPathway() {
+    const root = $("pathway-svg");
+    root.replaceChildren();
+    const defs = svg("defs", {}, root);
+    const marker = svg("marker", {
+      id: "arrow", viewBox: "0 0 10 10", refX: "9", refY: "5",
+      markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse",
+    }, defs);
+    svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }, marker);
+
+    const main = pathway.main_line;
+    const side = pathway.states.filter((s) => !main.includes(s));
+    const w = 142, h = 74, gap = (1000 - main.length * w) / (main.length - 1), y = 56;
+    const xOf = (i) => 20 + i * (w + gap);
+
+    main.forEach((state, i) => {
+      if (i > 0) {
+        svg("line", {
+          x1: xOf(i - 1) + w, y1: y + h / 2, x2: xOf(i) - 2, y2: y + h / 2,
+          class: "edge", "marker-end": "url(#arrow)",
+        }, root);
+      }
+    });
+    const di = main.indexOf("dosed"), ii = main.indexOf("integrating");
+    if (di >= 0 && ii >= 0) {
+      const x1 = xOf(ii) + w / 2, x2 = xOf(di) + w / 2;
+      svg("path", {
+        d: `M ${x1} ${y - 2} C ${x1} ${y - 44}, ${x2} ${y - 44}, ${x2} ${y - 4}`,
+        class: "edge loop", "marker-end": "url(#arrow)",
+      }, root);
+      const t = svg("text", { x: (x1 + x2) / 2, y: y - 36, "text-anchor": "middle", class: "edge-label" }, root);
+      t.textContent = "next dosing";
+    }
+    main.forEach((state, i) => drawNode(root, state, xOf(i), y, w, h, true));
+
+    const gy = 168, sw = 200, sh = 62;
+    svg("rect", { x: 12, y: gy - 22, width: 1016, height: sh + 36, rx: 10, class: "group" }, root);
+    const gl = svg("text", { x: 26, y: gy - 7, class: "group-label" }, root);
+    gl.textContent = "off the main line";
+    const sgap = (1000 - side.length * sw) / Math.max(side.length - 1, 1);
+    side.forEach((state, i) => drawNode(root, state, 20 + i * (sw + sgap), gy, sw, sh, false));
+  }
+
+  function drawNode(root, state, x, y, w, h, isMain) {
+    const g = svg("g", { class: "node " + state + (isMain ? " main" : ""), "data-state": state }, root);
+    svg("rect", { x, y, width: w, height: h, rx: 9 }, g);
+    const l = svg("text", { x: x + 12, y: y + 20, class: "label" }, g);
+    l.textContent = label(state);
+    const c = svg("text", { x: x + 12, y: y + h - 16, class: "count", "data-count": state }, g);
+    c.textContent = "—";
+    const bar = svg("rect", { x: x + 1, y: y + h - 5, width: 0, height: 4, rx: 2, class: "bar" }, g);
+    nodes[state] = { g, count: c, bar, x, w, value: null };
+  }
+
+  function updatePathway(byState) {
+    const max = Math.max(1, ...Object.values(byState));
+    for (const [state, node] of Object.entries(nodes)) {
+      const value = byState[state] || 0;
+      if (node.value !== null && node.value !== value) {
+        node.g.classList.add("flash");
+        setTimeout(() => node.g.classList.remove("flash"), 1200);
+      }
+      node.value = value;
+      node.count.textContent = fmt(value);
+      node.bar.setAttribute("width", String(Math.max(0, (node.w - 2) * (value / max))));
+    }
+  }
+
+  // --- stats -----------------------------------------------------------------------------
+  function renderStats(stats) {
+    const by = stats.clients_by_state;
+    setNumber("kpi-clients", stats.clients_total);
+    setNumber("kpi-active", ACTIVE.reduce((sum, s) => sum + (by[s] || 0), 0));
+    setNumber("kpi-hold", by.on_hold || 0, true);
+    setNumber("kpi-open", stats.open_tasks);
+    setNumber("kpi-overdue", stats.overdue_tasks, true);
+    setNumber("kpi-rejections", stats.totals.rejections);
+    setNumber("kpi-parked", stats.totals.parked);
+    updatePathway(by);
+    renderFunnel(stats.funnel);
+    renderTasks(stats.open_tasks_by_owner, stats.overdue_tasks_by_owner);
+    $("pathway-version").textContent = "pathway " + stats.pathway_version;
+    $("updated").textContent = clock(new Date().toISOString());
+  }
+
+  function renderFunnel(funnel) {
+    const root = $("funnel");
+    const top = Math.max(1, funnel.length ? funnel[0].reached : 1);
+    if (root.children.length !== funnel.length) {
+      root.replaceChildren();
+      for (const stage of funnel) {
+        const row = html("div", "funnel-row");
+        row.dataset.stage = stage.stage;
+        row.append(html("div", "funnel-stage", label(stage.stage)));
+        const track = html("div", "funnel-track");
+        track.append(html("div", "funnel-fill"));
+        row.append(track);
+        const num = html("div", "funnel-num");
+        num.append(html("b"), html("span"));
+        row.append(num);
+        root.append(row);
+      }
+    }
+    funnel.forEach((stage, i) => {
+      const row = root.children[i];
+      row.querySelector(".funnel-fill").style.width = (100 * stage.reached / top).toFixed(1) + "%";
+      row.querySelector(".funnel-num b").textContent = fmt(stage.reached);
+      row.querySelector(".funnel-num span").textContent = Math.round(100 * stage.reached / top) + "%";
+      row.title = `${fmt(stage.reached)} reached · ${fmt(stage.current)} there now`;
+    });
+  }
+
+  function renderTasks(open, overdue) {
+    const body = $("tasks-body");
+    body.replaceChildren();
+    const max = Math.max(1, ...OWNERS.map((o) => open[o] || 0));
+    for (const owner of OWNERS) {
+      const o = open[owner] || 0, d = overdue[owner] || 0;
+      const tr = html("tr");
+      tr.dataset.owner = owner;
+      tr.append(html("td", "owner", owner));
+      tr.append(html("td", "num", fmt(o)));
+      tr.append(html("td", "num overdue" + (d ? "" : " none"), fmt(d)));
+      const barCell = html("td");
+      const bar = html("div", "minibar");
+      const due = html("div", "d");
+      due.style.width = (100 * d / max) + "%";
+      const rest = html("div", "o");
+      rest.style.width = (100 * (o - d) / max) + "%";
+      bar.append(due, rest);
+      barCell.append(bar);
+      tr.append(barCell);
+      body.append(tr);
+    }
+  }
+
+  async function refreshStats() {
+    renderStats(await api("/v1/stats"));
+  }
+
+  function scheduleRefresh() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(async () => {
+      refreshTimer = null;
+      try { await refreshStats(); } catch (error) { handleError(error); }
+    }, 300);
+  }
+
+  // --- recent lists ----------------------------------------------------------------------
+  function prepend(listId, emptyId, item) {
+    const list = $(listId);
+    if (Date.now() - liveSince > 1500) item.classList.add("fresh");
+    list.prepend(item);
+    while (list.children.length > MAX_ITEMS) list.lastChild.remove();
+    $(emptyId).hidden = list.children.length > 0;
+  }
+
+  function addStateChange(m) {
+    const li = html("li");
+    li.dataset.client = m.client_id;
+    li.dataset.to = m.to_state;
+    const t = html("span", "time", clock(m.recorded_at));
+    t.title = m.recorded_at;
+    const what = html("span", "what");
+    what.append(
+      html("span", "client", m.client_id),
+      html("span", "chip s-" + (m.from_state || "new"), label(m.from_state || "new")),
+      html("span", "arrow", "→"),
+      html("span", "chip s-" + m.to_state, label(m.to_state)),
+      html("span", "type", m.event_type),
+    );
+    li.append(t, what);
+    prepend("changes", "changes-empty", li);
+  }
+
+  function addRejection(m) {
+    const li = html("li");
+    const t = html("span", "time", clock(m.recorded_at));
+    t.title = m.recorded_at;
+    const what = html("span", "what");
+    what.append(html("span", "client", m.subject || "—"), html("span", "type", m.type || "unparseable"));
+    for (const reason of m.reasons || []) what.append(html("span", "chip reason", reason.code));
+    li.append(t, what);
+    prepend("rejections", "rejections-empty", li);
+  }
+
+  function onMessage(kind, event) {
+    let m;
+    try { m = JSON.parse(event.data); } catch { return; }
+    if (seen.has(m.id)) return;
+    seen.add(m.id);
+    if (seen.size > 5000) seen.delete(seen.values().next().value);
+    if (kind === "state") addStateChange(m);
+    if (kind === "rejected") addRejection(m);
+    scheduleRefresh();
+  }
+
+  // --- the live stream -------------------------------------------------------------------
+  function connectStream() {
+    if (source) source.close();
+    clearTimeout(retryTimer);
+    const params = new URLSearchParams({ backlog: String(BACKLOG_ROWS) });
+    if (apiKey) params.set("access_token", apiKey); // EventSource cannot send headers
+    source = new EventSource("/v1/stream?" + params.toString());
+    setConnection("reconnecting", "connecting");
+    source.onopen = () => {
+      liveSince = Date.now();
+      setConnection("live", "live");
+      scheduleRefresh();
+    };
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) {
+        setConnection("offline", "offline");
+        retryTimer = setTimeout(start, 5000); // re-checks the key, then reconnects
+      } else {
+        setConnection("reconnecting", "reconnecting");
+      }
+    };
+    source.addEventListener("state-changes", (e) => onMessage("state", e));
+    source.addEventListener("rejected", (e) => onMessage("rejected", e));
+    source.addEventListener("tasks", (e) => onMessage("task", e));
+  }
+
+  // --- login -----------------------------------------------------------------------------
+  function showLogin(message) {
+    if (source) source.close();
+    setConnection("offline", "signed out");
+    $("login").hidden = false;
+    $("login-error").hidden = !message;
+    $("login-error").textContent = message || "";
+    $("login-key").focus();
+  }
+
+  function handleError(error) {
+    if (error instanceof AuthError) {
+      showLogin(error.message);
+    } else {
+      setConnection("offline", "offline");
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(start, 5000);
+    }
+  }
+
+  async function start() {
+    try {
+      if (!pathway) {
+        pathway = await api("/v1/pathway");
+        drawPathway();
+      }
+      await refreshStats();
+      $("login").hidden = true;
+      $("signout").hidden = !apiKey;
+      connectStream();
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey = $("login-key").value.trim();
+    sessionStorage.setItem(KEY_STORAGE, apiKey);
+    $("login-key").value = "";
+    start();
+  });
+  $("signout").addEventListener("click", () => {
+    apiKey = "";
+    sessionStorage.removeItem(KEY_STORAGE);
+    $("signout").hidden = true;
+    showLogin("");
+  });
+  setInterval(() => { if (source && source.readyState === EventSource.OPEN) scheduleRefresh(); }, 30000);
+  start();
+})();

@@ -1,0 +1,252 @@
+"""Who may do what: API keys, roles and the permissions behind every read and write.
+
+Why it sits in the service layer: the HTTP service enforces it today, and any other runtime
+that takes requests from people or services (a future admin CLI over the network, a Kafka
+gateway) must apply the same roles, not a second copy of them.
+
+Keys are random 256-bit secrets shown once by `kapflow keys create`; kapflow keeps only their
+SHA-256. A fast hash is enough here (and keeps every request cheap) because the secrets are
+machine-generated, not passwords: there is no dictionary to try. Checking a presented secret
+compares its digest with every configured digest in constant time, so timing tells nothing
+about which key, or how much of one, matched.
+
+Roles (SPEC §7 users): `publisher` posts events of its own type prefixes only; `dashboard`
+reads what an operations screen shows (states, counts, tasks, the live stream, FHIR tasks)
+but no event payloads; `auditor` reads everything, including histories, replays, exports,
+verification, rejections, parked events and the access log, and writes nothing; `admin`
+may do everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class Role:
+    PUBLISHER = "publisher"
+    DASHBOARD = "dashboard"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+ROLES: tuple[str, ...] = (Role.PUBLISHER, Role.DASHBOARD, Role.AUDITOR, Role.ADMIN)
+
+
+class Permission:
+    """One name per kind of access; endpoints ask for exactly one of these."""
+
+    PUBLISH = "publish"
+    READ_CLIENTS = "read_clients"  # client views (state, pathway, open tasks; codes only)
+    READ_TASKS = "read_tasks"
+    READ_STATS = "read_stats"
+    STREAM = "stream"
+    FHIR = "fhir"
+    METRICS = "metrics"
+    READ_HISTORY = "read_history"  # recorded events: payloads
+    REPLAY = "replay"
+    EXPORT = "export"
+    VERIFY = "verify"
+    READ_REJECTIONS = "read_rejections"  # dead letters: original messages
+    READ_PARKED = "read_parked"  # parked events: payloads
+    READ_ACCESS_LOG = "read_access_log"
+
+
+_OPERATIONS = frozenset(
+    {
+        Permission.READ_CLIENTS,
+        Permission.READ_TASKS,
+        Permission.READ_STATS,
+        Permission.STREAM,
+        Permission.FHIR,
+        Permission.METRICS,
+    }
+)
+_AUDIT = frozenset(
+    {
+        Permission.READ_HISTORY,
+        Permission.REPLAY,
+        Permission.EXPORT,
+        Permission.VERIFY,
+        Permission.READ_REJECTIONS,
+        Permission.READ_PARKED,
+        Permission.READ_ACCESS_LOG,
+    }
+)
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    Role.PUBLISHER: frozenset({Permission.PUBLISH}),
+    Role.DASHBOARD: _OPERATIONS,
+    Role.AUDITOR: _OPERATIONS | _AUDIT,
+    Role.ADMIN: _OPERATIONS | _AUDIT | {Permission.PUBLISH},
+}
+
+# Which roles hold a permission: named in 403 bodies so the caller knows what to ask for.
+ROLES_WITH: dict[str, tuple[str, ...]] = {
+    permission: tuple(role for role in ROLES if permission in ROLE_PERMISSIONS[role])
+    for permission in set().union(*ROLE_PERMISSIONS.values())
+}
+
+# An event-type prefix: `scheduling` allows `scheduling.*`; `clinician.dosing_started` one type.
+_PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+SECRET_PREFIX = "kfk_"
+
+
+class KeyConfigError(ValueError):
+    """The keys file or KAPFLOW_API_KEYS is unusable; the message names the entry, never a
+    secret."""
+
+
+def digest_of(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A configured key: who (`name`, recorded in the access log), its role, and for a
+    publisher the event-type prefixes it may post."""
+
+    name: str
+    role: str
+    digest: str
+    prefixes: tuple[str, ...] = ()
+
+    def may(self, permission: str) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
+
+    def may_publish_type(self, event_type: str) -> bool:
+        """Admins publish anything; a publisher only types under one of its prefixes."""
+        if self.role == Role.ADMIN:
+            return True
+        if self.role != Role.PUBLISHER:
+            return False
+        return any(
+            event_type == prefix or event_type.startswith(prefix + ".") for prefix in self.prefixes
+        )
+
+    def as_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "role": self.role}
+        if self.prefixes:
+            entry["prefixes"] = list(self.prefixes)
+        entry["sha256"] = self.digest
+        return entry
+
+
+# The principal of `kapflow serve --insecure-dev`: every permission, named in the access log.
+INSECURE_DEV_KEY = ApiKey("insecure-dev", Role.ADMIN, "0" * 64)
+
+
+class KeyRing:
+    """The configured keys, looked up by presented secret in constant time."""
+
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self.keys: tuple[ApiKey, ...] = tuple(keys)
+        names = [key.name for key in self.keys]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise KeyConfigError(f"duplicate key names: {', '.join(duplicates)}")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def authenticate(self, secret: str) -> ApiKey | None:
+        presented = digest_of(secret).encode()
+        found: ApiKey | None = None
+        for key in self.keys:  # no early exit: every digest is compared
+            if hmac.compare_digest(presented, key.digest.encode()):
+                found = key
+        return found
+
+
+def _parse_entry(raw: Any, where: str) -> ApiKey:
+    if not isinstance(raw, Mapping):
+        raise KeyConfigError(f"{where}: each key must be an object/table")
+    unknown = sorted(set(raw) - {"name", "role", "prefixes", "sha256"})
+    if unknown:
+        raise KeyConfigError(f"{where}: unknown fields {', '.join(unknown)}")
+    name, role, digest = raw.get("name"), raw.get("role"), raw.get("sha256")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise KeyConfigError(f"{where}: `name` must be a short token (letters, digits, ._-)")
+    where = f"{where} ({name})"
+    if role not in ROLES:
+        raise KeyConfigError(f"{where}: `role` must be one of {', '.join(ROLES)}")
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise KeyConfigError(
+            f"{where}: `sha256` must be 64 lowercase hex digits (the hash, never the secret)"
+        )
+    prefixes = raw.get("prefixes", [])
+    if isinstance(prefixes, str):
+        prefixes = [prefixes]
+    if not isinstance(prefixes, list) or not all(
+        isinstance(p, str) and _PREFIX.match(p) for p in prefixes
+    ):
+        raise KeyConfigError(f"{where}: `prefixes` must be event-type prefixes like `scheduling`")
+    if role == Role.PUBLISHER and not prefixes:
+        raise KeyConfigError(f"{where}: a publisher key needs at least one prefix")
+    if role != Role.PUBLISHER and prefixes:
+        raise KeyConfigError(f"{where}: only publisher keys take prefixes")
+    return ApiKey(name, role, digest, tuple(prefixes))
+
+
+def parse_keys(document: Any, origin: str) -> KeyRing:
+    """`{"keys": [entry, …]}` (JSON or TOML `[[keys]]`), or a bare JSON list of entries."""
+    entries = document.get("keys") if isinstance(document, Mapping) else document
+    if not isinstance(entries, list):
+        raise KeyConfigError(f"{origin}: expected a `keys` list")
+    return KeyRing(_parse_entry(entry, f"{origin} key #{i + 1}") for i, entry in enumerate(entries))
+
+
+def load_keys(path: str | None = None, env_value: str | None = None) -> KeyRing:
+    """Keys from `--keys-file` (JSON, or TOML when it ends in .toml), else KAPFLOW_API_KEYS
+    (JSON text of the same document). No source gives an empty ring."""
+    if path:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as error:
+            raise KeyConfigError(f"cannot read keys file {path}: {error.strerror}") from error
+        try:
+            document = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, ValueError) as error:
+            kind = "TOML" if file.suffix == ".toml" else "JSON"
+            raise KeyConfigError(f"keys file {path} is not valid {kind}: {error}") from error
+        return parse_keys(document, path)
+    if env_value and env_value.strip():
+        try:
+            document = json.loads(env_value)
+        except ValueError as error:
+            raise KeyConfigError("KAPFLOW_API_KEYS is not valid JSON") from error
+        return parse_keys(document, "KAPFLOW_API_KEYS")
+    return KeyRing(())
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    secret: str
+    key: ApiKey
+
+    def json_line(self) -> str:
+        return json.dumps(self.key.as_entry())
+
+    def toml_block(self) -> str:
+        lines = ["[[keys]]", f'name = "{self.key.name}"', f'role = "{self.key.role}"']
+        if self.key.prefixes:
+            lines.append("prefixes = [" + ", ".join(f'"{p}"' for p in self.key.prefixes) + "]")
+        lines.append(f'sha256 = "{self.key.digest}"')
+        return "\n".join(lines)
+
+
+def create_key(role: str, name: str, prefixes: Iterable[str] = ()) -> NewKey:
+    """A new random secret and the entry (hash only) that configures it."""
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    entry = {"name": name, "role": role, "prefixes": list(prefixes), "sha256": digest_of(secret)}
+    return NewKey(secret, _parse_entry(entry, "new key"))
