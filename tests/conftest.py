@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from kafka_fixtures import kafka_broker  # noqa: E402,F401
+from postgres_fixtures import postgres_url  # noqa: E402,F401
 
 from kapflow.service.ingest import IngestResult, IngestService  # noqa: E402
 from kapflow.store import open_store  # noqa: E402

@@ -16,7 +16,7 @@ from kapflow.store.base import entry_hash
 from kapflow.workflow.client import GENESIS_HASH
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def store_clinic(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[Clinic]:
     url = sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     store = open_store(url)

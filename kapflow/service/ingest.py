@@ -113,10 +113,14 @@ class _Batch:
 
     # Reads through the batch ------------------------------------------------------------
     def prefetch(self, events: list[CloudEvent]) -> None:
-        """Two queries for the whole batch instead of two per event."""
+        """Two queries for the whole batch instead of two per event.
+
+        Clients first: on PostgreSQL that takes the batch's client locks, so the receipts
+        read next cannot be raced by another worker recording the same events.
+        """
+        self.clients = self.tx.clients([event.subject for event in events])
         self.prefetched_keys = {event.key for event in events}
         self.known = self.tx.receipts(list(self.prefetched_keys))
-        self.clients = self.tx.clients([event.subject for event in events])
 
     def seen(self, source: str, event_id: str) -> str | None:
         receipt = self.writes.receipts.get((source, event_id))

@@ -3,7 +3,7 @@
 One transaction per batch: the service layer reads what it needs inside the transaction
 (receipts, client snapshots, parked events), computes every outcome with the engine, and
 hands the adapter one `BatchWrites` to write before commit. Adapters (SQLite, PostgreSQL)
-differ only in SQL; tests/store_contract.py runs the same suite against both.
+differ only in SQL; tests/test_store.py runs the same suite against both.
 """
 
 from __future__ import annotations

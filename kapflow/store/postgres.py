@@ -1,0 +1,824 @@
+"""PostgreSQL adapter: the event store of the distributed shape (SPEC §8), `postgresql://…`.
+
+Several `kapflow worker` processes write at once, so the guarantees SQLite gets from its one
+writer lock are rebuilt here per client:
+
+- A batch serialises on the clients it touches. `clients(ids)` takes a transaction-scoped
+  advisory lock per client id (sorted by lock key, so two batches never wait on each other
+  in a cycle) before reading the snapshots `FOR UPDATE`. The advisory lock covers clients
+  that have no row yet, which a row lock cannot: two workers seeing the first event of the
+  same new client would otherwise both start its history at seq 1.
+- The connections run READ COMMITTED on purpose: the snapshot read after the lock is taken
+  by a new statement, so it sees what the previous lock holder committed.
+- Receipts are read before the client locks (the service layer asks for them first), so a
+  concurrent writer may record one of the batch's events in between. A receipt this
+  transaction did not see is therefore inserted without ON CONFLICT: the primary key on
+  (source, event_id) turns that race into a `StoreError` and the caller retries the batch,
+  which then reports the event as a duplicate. History's UNIQUE (client_id, seq) is the
+  same last line of defence for sequence numbers.
+- Outbox and rejection positions are read by consumers as "everything after P", so they
+  must become visible in increasing order. Identity values are handed out at insert time,
+  not at commit, so the tail of every write (rejections, outbox, commit) runs under one
+  append lock: a later position can never commit before an earlier one.
+- JSON columns are TEXT, not JSONB: history hashes are computed over the exact recorded
+  text, which JSONB would re-serialise; the other JSON columns are only ever read whole.
+- Every text column is COLLATE "C", so ORDER BY and `due < T` compare bytes exactly as
+  SQLite does, whatever the database's default collation.
+
+Connections come from `psycopg_pool`: it replaces connections the server dropped, grows and
+shrinks with load, and is the maintained pool for psycopg 3. A dropped connection found at
+the start of a transaction or a read is replaced and the work retried once; once a
+transaction has begun, a dropped connection is a `StoreError` and nothing of it is kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from operator import attrgetter
+from typing import Any, NoReturn
+
+import orjson
+import psycopg
+from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from kapflow.store.base import (
+    BatchWrites,
+    HistoryEntry,
+    OutboxRef,
+    OutboxRow,
+    ParkedEvent,
+    RejectedRecord,
+    StoreError,
+)
+from kapflow.workflow.client import ClientSnapshot
+from kapflow.workflow.tasks import OPEN_STATUSES, Task
+
+log = logging.getLogger("kapflow.store.postgres")
+
+_T = 'TEXT COLLATE "C"'
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS history (
+    position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    client_id {_T} NOT NULL,
+    seq BIGINT NOT NULL,
+    source {_T} NOT NULL,
+    event_id {_T} NOT NULL,
+    type {_T} NOT NULL,
+    occurred_at {_T} NOT NULL,
+    recorded_at {_T} NOT NULL,
+    pathway_version {_T} NOT NULL,
+    from_state {_T} NOT NULL,
+    to_state {_T} NOT NULL,
+    event {_T} NOT NULL,
+    outcome {_T} NOT NULL,
+    prev_hash {_T} NOT NULL,
+    hash {_T} NOT NULL,
+    UNIQUE (client_id, seq)
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    source {_T} NOT NULL,
+    event_id {_T} NOT NULL,
+    client_id {_T},
+    outcome {_T} NOT NULL,
+    recorded_at {_T} NOT NULL,
+    PRIMARY KEY (source, event_id)
+);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id {_T} NOT NULL UNIQUE,
+    state {_T} NOT NULL,
+    seq BIGINT NOT NULL,
+    snapshot {_T} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS clients_by_state ON clients (state);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id {_T} NOT NULL UNIQUE,
+    client_id {_T} NOT NULL,
+    status {_T} NOT NULL,
+    owner {_T} NOT NULL,
+    due {_T} NOT NULL,
+    task {_T} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status, owner, due);
+CREATE INDEX IF NOT EXISTS tasks_by_client ON tasks (client_id);
+CREATE TABLE IF NOT EXISTS rejections (
+    position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key_source {_T} NOT NULL,
+    key_id {_T} NOT NULL,
+    source {_T},
+    event_id {_T},
+    client_id {_T},
+    type {_T},
+    recorded_at {_T} NOT NULL,
+    reasons {_T} NOT NULL,
+    original {_T} NOT NULL,
+    UNIQUE (key_source, key_id)
+);
+CREATE TABLE IF NOT EXISTS parked (
+    arrival BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source {_T} NOT NULL,
+    event_id {_T} NOT NULL,
+    client_id {_T} NOT NULL,
+    type {_T} NOT NULL,
+    occurred_at {_T} NOT NULL,
+    recorded_at {_T} NOT NULL,
+    event {_T} NOT NULL,
+    reasons {_T} NOT NULL,
+    UNIQUE (source, event_id)
+);
+CREATE INDEX IF NOT EXISTS parked_by_client ON parked (client_id, arrival);
+CREATE TABLE IF NOT EXISTS outbox (
+    position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind {_T} NOT NULL,
+    client_id {_T},
+    seq BIGINT,
+    key_source {_T},
+    key_id {_T},
+    recorded_at {_T} NOT NULL,
+    published_at {_T}
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (position) WHERE published_at IS NULL;
+CREATE TABLE IF NOT EXISTS meta (key {_T} PRIMARY KEY, value {_T} NOT NULL);
+"""
+
+SCHEMA_VERSION = "1"
+HISTORY_COLUMNS = (
+    "client_id, seq, source, event_id, type, occurred_at, recorded_at, pathway_version,"
+    " from_state, to_state, event, outcome, prev_hash, hash"
+)
+
+# Advisory locks: client locks use the one-bigint key space, kapflow's own locks the
+# two-int key space, which PostgreSQL keeps apart, so a client hash can never collide
+# with them.
+_KAPFLOW_LOCKS = 0x6B617066  # "kapf"
+_SCHEMA_LOCK = 1
+_APPEND_LOCK = 2
+
+CONNECT_TIMEOUT_S = 5
+# How long a caller waits for a pooled connection while the server is up (all connections
+# busy, or the pool reconnecting); a server that is down is reported after _FIRST_WAIT_S.
+CHECKOUT_TIMEOUT_S = 10.0
+_FIRST_WAIT_S = 1.0
+# How long the pool retries one lost connection (exponential back-off from 1 s) before it
+# gives up and lets the next caller start afresh: after a server restart, connections come
+# back within seconds, not after a back-off grown to minutes.
+RECONNECT_WINDOW_S = 5.0
+# A worker stuck holding a client lock must not stall the others forever: they give up
+# and retry the batch.
+LOCK_TIMEOUT = "30s"
+_BEGIN = f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
+_STREAM_ROWS = 2000
+
+# Conflicts with a concurrent writer: nothing was kept, the same batch can simply be retried.
+_CONFLICTS = (
+    errors.UniqueViolation,
+    errors.SerializationFailure,
+    errors.DeadlockDetected,
+    errors.LockNotAvailable,
+)
+
+
+def client_lock_key(client_id: str) -> int:
+    """A stable 64-bit advisory-lock key for a client, the same in every worker process."""
+    digest = hashlib.blake2b(client_id.encode(), digest_size=8, person=b"kapflow-client").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def conninfo_from_url(url: str) -> str:
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise StoreError("a PostgreSQL URL looks like postgresql://user@host:5432/database")
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise StoreError(f"invalid PostgreSQL URL: {error}") from None
+    extra: dict[str, Any] = {}
+    if "connect_timeout" not in params:
+        extra["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "application_name" not in params:
+        extra["application_name"] = "kapflow"
+    return make_conninfo(url, **extra)
+
+
+def _describe(conninfo: str) -> str:
+    """Where the database is, for error messages: never the password."""
+    params = {key: str(value) for key, value in conninfo_to_dict(conninfo).items()}
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    user = params.get("user") or ""
+    return f"{user + '@' if user else ''}{host}:{port}/{params.get('dbname') or user}"
+
+
+def _store_error(error: psycopg.Error, doing: str, where: str) -> StoreError:
+    """A retryable `StoreError` naming what failed, without row data.
+
+    Server messages can carry a DETAIL with the failing row (event payloads), so only the
+    SQLSTATE, the primary message and the constraint name are kept, and the original
+    exception is not chained for integrity errors.
+    """
+    diag = error.diag
+    primary = diag.message_primary or type(error).__name__
+    if isinstance(error, _CONFLICTS):
+        constraint = f" ({diag.constraint_name})" if diag.constraint_name else ""
+        return StoreError(
+            f"{doing}: conflict with a concurrent writer{constraint}: {primary}"
+            f" [{error.sqlstate}]; nothing was recorded, retry the batch"
+        )
+    if isinstance(error, psycopg.OperationalError):
+        return StoreError(
+            f"{doing}: lost the connection to PostgreSQL at {where}: {primary.strip()};"
+            " nothing of this transaction was kept, retry once the server is back"
+        )
+    return StoreError(f"{doing} failed on PostgreSQL at {where}: {primary} [{error.sqlstate}]")
+
+
+class _Transaction:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        # Receipt keys known to have a row: only these may be overwritten (a parked
+        # event's receipt becoming accepted or rejected). Any other receipt must be new.
+        self._existing: set[tuple[str, str]] = set()
+        self._locked: set[str] = set()
+        self._absent: set[str] = set()
+
+    def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        if not keys:
+            return {}
+        wanted = sorted(set(keys))
+        rows = self._conn.execute(
+            "SELECT r.source, r.event_id, r.outcome FROM receipts r"
+            " JOIN unnest(%b::text[], %b::text[]) AS k(source, event_id)"
+            " ON r.source = k.source AND r.event_id = k.event_id",
+            ([source for source, _ in wanted], [event_id for _, event_id in wanted]),
+        ).fetchall()
+        found = {(source, event_id): outcome for source, event_id, outcome in rows}
+        self._existing.update(found)
+        return found
+
+    def clients(self, client_ids: list[str]) -> dict[str, ClientSnapshot]:
+        # A client locked and found absent earlier in this transaction is still absent:
+        # nobody else can create it while we hold its lock (the service layer asks again
+        # for every new client, one at a time).
+        ids = sorted(set(client_ids) - self._absent)
+        if not ids:
+            return {}
+        unlocked = [client_id for client_id in ids if client_id not in self._locked]
+        lock_keys = sorted({client_lock_key(client_id) for client_id in unlocked})
+        with self._conn.pipeline():
+            if lock_keys:
+                # unnest yields the keys in array order, so the locks are taken in that order.
+                self._conn.execute(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k",
+                    (lock_keys,),
+                )
+            cursor = self._conn.execute(
+                "SELECT client_id, snapshot FROM clients WHERE client_id = ANY(%b::text[])"
+                " ORDER BY client_id FOR UPDATE",
+                (ids,),
+            )
+        found = {
+            client_id: ClientSnapshot.from_record(orjson.loads(snapshot))
+            for client_id, snapshot in cursor.fetchall()
+        }
+        self._locked.update(unlocked)
+        self._absent.update(client_id for client_id in ids if client_id not in found)
+        return found
+
+    def parked(self, client_id: str) -> list[ParkedEvent]:
+        rows = self._conn.execute(
+            "SELECT source, event_id, client_id, type, occurred_at, recorded_at, event, reasons"
+            " FROM parked WHERE client_id = %s ORDER BY arrival",
+            (client_id,),
+        ).fetchall()
+        parked = [ParkedEvent(*row) for row in rows]
+        self._existing.update((p.source, p.event_id) for p in parked)
+        return parked
+
+    def write(self, batch: BatchWrites) -> None:
+        conn = self._conn
+        fresh = [r for key, r in batch.receipts.items() if key not in self._existing]
+        rewritten = [r for key, r in batch.receipts.items() if key in self._existing]
+        # One statement per table with the rows as arrays, all in one pipeline: one round
+        # trip for the whole batch. Measured on a 20,000-event cohort, end to end through
+        # IngestService: about 1.4x the ingest rate of executemany in pipeline mode, whose
+        # per-row Bind/Execute messages cost more client CPU than the inserts themselves.
+        with conn.pipeline(), conn.cursor() as cursor:
+            insert = functools.partial(_insert, cursor)
+            # Client-scoped writes first: their conflicts surface before the append lock.
+            insert("history", [_HISTORY_ROW(e) for e in batch.history])
+            insert("receipts", [_RECEIPT_ROW(r) for r in fresh])
+            insert(
+                "receipts",
+                [_RECEIPT_ROW(r) for r in rewritten],
+                "ON CONFLICT (source, event_id) DO UPDATE SET"
+                " outcome = excluded.outcome, client_id = excluded.client_id",
+            )
+            if batch.parked_removed:
+                cursor.execute(
+                    "DELETE FROM parked p"
+                    " USING unnest(%b::text[], %b::text[]) AS k(source, event_id)"
+                    " WHERE p.source = k.source AND p.event_id = k.event_id",
+                    _columns(sorted(batch.parked_removed)),
+                )
+            insert("parked", [_PARKED_ROW(p) for p in batch.parked_added.values()])
+            insert(
+                "clients",
+                [
+                    (c.client_id, c.state, c.seq, orjson.dumps(c.to_record()).decode())
+                    for c in batch.clients.values()
+                ],
+                "ON CONFLICT (client_id) DO UPDATE SET"
+                " state = excluded.state, seq = excluded.seq, snapshot = excluded.snapshot",
+            )
+            insert(
+                "tasks",
+                [
+                    (t.id, t.for_, t.status, t.owner, t.due, orjson.dumps(t.as_dict()).decode())
+                    for t in batch.tasks.values()
+                ],
+                "ON CONFLICT (task_id) DO UPDATE SET status = excluded.status,"
+                " owner = excluded.owner, due = excluded.due, task = excluded.task",
+            )
+            if not (batch.rejections or batch.outbox):
+                return
+            # Held until commit: positions become visible in the order they were handed out.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_KAPFLOW_LOCKS, _APPEND_LOCK))
+            insert(
+                "rejections",
+                [_REJECTION_ROW(r) for r in batch.rejections],
+                "ON CONFLICT (key_source, key_id) DO NOTHING",
+            )
+            insert("outbox", [_OUTBOX_ROW(r) for r in batch.outbox])
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        url: str = "postgresql://postgres@127.0.0.1:5432/kapflow",
+        *,
+        max_connections: int = 8,
+        checkout_timeout: float = CHECKOUT_TIMEOUT_S,
+    ) -> None:
+        self.url = url
+        self._conninfo = conninfo_from_url(url)
+        self._where = _describe(self._conninfo)
+        self._max_connections = max(2, max_connections)  # a streamed read + reads inside it
+        self._checkout_timeout = checkout_timeout
+        self._lock = threading.Lock()
+        self._create_schema()
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._open_pool()
+
+    # Connections ----------------------------------------------------------------------
+    def _create_schema(self) -> None:
+        # A direct connection, not the pool: a wrong URL or a server that is down is
+        # reported with the server's own reason rather than a pool timeout.
+        try:
+            with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                # The usual case, a store that exists, costs one query and no DDL: even
+                # CREATE INDEX IF NOT EXISTS takes a table lock that would make every
+                # `kapflow client` call queue behind, and hold up, the writing workers.
+                if self._schema_version(conn) == SCHEMA_VERSION:
+                    return
+                with conn.transaction():
+                    # Two processes opening a fresh database at once must not race on DDL.
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, %s)", (_KAPFLOW_LOCKS, _SCHEMA_LOCK)
+                    )
+                    conn.execute(SCHEMA)
+                    conn.execute(
+                        "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+                        (SCHEMA_VERSION,),
+                    )
+        except psycopg.Error as error:
+            reason = (error.diag.message_primary or str(error)).strip()
+            raise StoreError(
+                f"cannot open PostgreSQL database at {self._where}: {reason}"
+            ) from None
+
+    @staticmethod
+    def _schema_version(conn: psycopg.Connection[Any]) -> str | None:
+        # The meta row is written in the same transaction as every table of the schema.
+        row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+        if not row or not row[0]:
+            return None
+        found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return str(found[0]) if found else None
+
+    def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        with self._lock:
+            if self._pool is None or self._pool.closed:
+                self._pool = ConnectionPool(
+                    self._conninfo,
+                    kwargs={"autocommit": True},
+                    min_size=1,
+                    max_size=self._max_connections,
+                    timeout=self._checkout_timeout,
+                    reconnect_timeout=RECONNECT_WINDOW_S,
+                    name="kapflow",
+                    open=False,
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def _checkout(self) -> tuple[ConnectionPool[psycopg.Connection[Any]], psycopg.Connection[Any]]:
+        pool = self._pool if self._pool is not None and not self._pool.closed else None
+        pool = pool or self._open_pool()  # reusable after close(), as SQLiteStore is
+        # Wait briefly, then ask the server: if it is down, say so now rather than after
+        # the whole checkout timeout; if it is up, the pool is busy or reconnecting.
+        first_wait = min(_FIRST_WAIT_S, self._checkout_timeout)
+        try:
+            try:
+                return pool, pool.getconn(timeout=first_wait)
+            except PoolTimeout:
+                down = self._unavailable()
+                if down is not None:
+                    raise down from None
+            try:
+                return pool, pool.getconn(timeout=max(self._checkout_timeout - first_wait, 0.01))
+            except PoolTimeout:
+                raise self._unavailable() or StoreError(
+                    f"all {self._max_connections} connections to PostgreSQL at {self._where}"
+                    f" stayed busy for {self._checkout_timeout:g} s"
+                ) from None
+        except PoolClosed:
+            raise StoreError("the store was closed while waiting for a connection") from None
+
+    def _unavailable(self) -> StoreError | None:
+        """Why the server refuses connections right now, or None if it accepts them.
+
+        Asked only after a failure, so that a server that is down or restarting is reported
+        at once with its reason, instead of after a pool timeout.
+        """
+        try:
+            psycopg.connect(self._conninfo, autocommit=True).close()
+        except psycopg.Error as error:
+            reason = " ".join(str(error).split())  # host and port, never the password
+            return StoreError(
+                f"PostgreSQL at {self._where} is unavailable ({reason}); nothing was"
+                " recorded, retry once the server is back"
+            )
+        return None
+
+    def _lost(self, error: psycopg.Error, doing: str) -> NoReturn:
+        raise _store_error(error, doing, self._where) from (
+            None if isinstance(error, psycopg.IntegrityError | psycopg.DataError) else error
+        )
+
+    def _dropped_while_idle(
+        self,
+        pool: ConnectionPool[psycopg.Connection[Any]],
+        conn: psycopg.Connection[Any],
+        error: psycopg.Error,
+        attempt: int,
+        doing: str,
+    ) -> None:
+        """Decide whether the first statement's failure allows one more attempt.
+
+        A connection the server dropped while it sat idle in the pool (restart, failover,
+        idle timeout) fails on its first statement: nothing has happened yet, so if the
+        server is back, replace it (and every other dead one) and go on.
+        """
+        if attempt or not conn.broken:
+            self._lost(error, doing)
+        down = self._unavailable()
+        if down is not None:
+            raise down from error
+        log.warning("PostgreSQL connection dropped while idle; reconnecting")
+        pool.check()
+
+    def _begin(
+        self, doing: str
+    ) -> tuple[ConnectionPool[psycopg.Connection[Any]], psycopg.Connection[Any]]:
+        """A pooled connection inside a fresh transaction."""
+        for attempt in range(2):
+            pool, conn = self._checkout()
+            try:
+                conn.execute(_BEGIN)
+                return pool, conn
+            except psycopg.Error as error:
+                pool.putconn(conn)
+                self._dropped_while_idle(pool, conn, error, attempt, doing)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _rollback(conn: psycopg.Connection[Any]) -> None:
+        if conn.broken or conn.closed:
+            return
+        # A failed rollback leaves the connection broken: the pool discards it on return.
+        with suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Transaction]:
+        pool, conn = self._begin("starting a write transaction")
+        try:
+            try:
+                yield _Transaction(conn)
+            except psycopg.Error as error:
+                self._rollback(conn)
+                self._lost(error, "write transaction")
+            except BaseException:
+                self._rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except psycopg.Error as error:
+                self._rollback(conn)
+                if isinstance(error, psycopg.OperationalError):
+                    # The commit may or may not have reached the server; retrying is safe
+                    # because every event is idempotent on (source, id).
+                    raise StoreError(
+                        f"lost the connection to PostgreSQL at {self._where} during commit:"
+                        " the batch may or may not be recorded; send it again (idempotent)"
+                    ) from error
+                self._lost(error, "commit")
+        finally:
+            pool.putconn(conn)
+
+    def _query(self, sql: str, params: Sequence[Any] = (), *, rows: bool = True) -> list[Any]:
+        for attempt in range(2):
+            pool, conn = self._checkout()
+            try:
+                cursor = conn.execute(sql, params)
+                return cursor.fetchall() if rows else []
+            except psycopg.Error as error:
+                failure = error
+            finally:
+                pool.putconn(conn)
+            self._dropped_while_idle(pool, conn, failure, attempt, "read")
+        raise AssertionError("unreachable")
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        """Rows through a server-side cursor: memory stays flat however long the result."""
+        pool, conn = self._begin("streaming read")
+        try:
+            with conn.cursor(name="kapflow_stream") as cursor:
+                cursor.itersize = _STREAM_ROWS
+                cursor.execute(sql, params)
+                yield from cursor
+        except psycopg.Error as error:
+            self._lost(error, "streaming read")
+        finally:
+            self._rollback(conn)
+            pool.putconn(conn)
+
+    # Reads ----------------------------------------------------------------------------
+    def get_client(self, client_id: str) -> ClientSnapshot | None:
+        rows = self._query("SELECT snapshot FROM clients WHERE client_id = %s", (client_id,))
+        return ClientSnapshot.from_record(orjson.loads(rows[0][0])) if rows else None
+
+    def clients(self, state: str | None = None, limit: int = 1000) -> list[ClientSnapshot]:
+        if state is None:
+            rows = self._query("SELECT snapshot FROM clients ORDER BY client_id LIMIT %s", (limit,))
+        else:
+            rows = self._query(
+                "SELECT snapshot FROM clients WHERE state = %s ORDER BY client_id LIMIT %s",
+                (state, limit),
+            )
+        return [ClientSnapshot.from_record(orjson.loads(row[0])) for row in rows]
+
+    def client_ids(self) -> Iterator[str]:
+        for (client_id,) in self._stream("SELECT client_id FROM clients ORDER BY client_id"):
+            yield client_id
+
+    def count_by_state(self) -> dict[str, int]:
+        return dict(self._query("SELECT state, count(*) FROM clients GROUP BY state"))
+
+    def history(self, client_id: str) -> list[HistoryEntry]:
+        rows = self._query(
+            f"SELECT {HISTORY_COLUMNS} FROM history WHERE client_id = %s ORDER BY seq",
+            (client_id,),
+        )
+        return [HistoryEntry(*row) for row in rows]
+
+    def iter_history(self) -> Iterator[HistoryEntry]:
+        for row in self._stream(f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY client_id, seq"):
+            yield HistoryEntry(*row)
+
+    def tasks(
+        self,
+        *,
+        open_only: bool = False,
+        owner: str | None = None,
+        due_before: str | None = None,
+        client_id: str | None = None,
+        limit: int = 10000,
+    ) -> list[Task]:
+        clauses, params = _task_filters(open_only, owner, due_before, client_id)
+        rows = self._query(
+            f"SELECT task FROM tasks {clauses} ORDER BY due, task_id LIMIT %s", [*params, limit]
+        )
+        return [Task.from_dict(orjson.loads(row[0])) for row in rows]
+
+    def rejections(self, limit: int = 100, after: int = 0) -> list[tuple[int, RejectedRecord]]:
+        rows = self._query(
+            "SELECT position, key_source, key_id, source, event_id, client_id, type,"
+            " recorded_at, reasons, original FROM rejections WHERE position > %s"
+            " ORDER BY position LIMIT %s",
+            (after, limit),
+        )
+        return [(row[0], RejectedRecord(*row[1:])) for row in rows]
+
+    def parked_events(self, client_id: str | None = None) -> list[ParkedEvent]:
+        sql = (
+            "SELECT source, event_id, client_id, type, occurred_at, recorded_at, event, reasons"
+            " FROM parked"
+        )
+        if client_id is None:
+            return [ParkedEvent(*row) for row in self._query(sql + " ORDER BY arrival")]
+        return [
+            ParkedEvent(*row)
+            for row in self._query(sql + " WHERE client_id = %s ORDER BY arrival", (client_id,))
+        ]
+
+    _OUTBOX_SELECT = (
+        "SELECT o.position, o.kind, o.client_id, o.seq, o.key_source, o.key_id, o.recorded_at,"
+        " h.client_id, h.seq, h.source, h.event_id, h.type, h.occurred_at, h.recorded_at,"
+        " h.pathway_version, h.from_state, h.to_state, h.event, h.outcome, h.prev_hash, h.hash,"
+        " r.key_source, r.key_id, r.source, r.event_id, r.client_id, r.type, r.recorded_at,"
+        " r.reasons, r.original"
+        " FROM outbox o"
+        " LEFT JOIN history h ON o.kind = 'history' AND h.client_id = o.client_id"
+        " AND h.seq = o.seq"
+        " LEFT JOIN rejections r ON o.kind = 'rejection' AND r.key_source = o.key_source"
+        " AND r.key_id = o.key_id"
+    )
+
+    @staticmethod
+    def _outbox_rows(rows: list[Any]) -> list[OutboxRow]:
+        out: list[OutboxRow] = []
+        for row in rows:
+            ref = OutboxRef(*row[1:7])
+            record: HistoryEntry | RejectedRecord = (
+                HistoryEntry(*row[7:21]) if ref.kind == "history" else RejectedRecord(*row[21:30])
+            )
+            out.append((row[0], ref, record))
+        return out
+
+    def outbox_after(self, position: int, limit: int = 500) -> list[OutboxRow]:
+        rows = self._query(
+            self._OUTBOX_SELECT + " WHERE o.position > %s ORDER BY o.position LIMIT %s",
+            (position, limit),
+        )
+        return self._outbox_rows(rows)
+
+    def unpublished(self, limit: int = 500) -> list[OutboxRow]:
+        rows = self._query(
+            self._OUTBOX_SELECT + " WHERE o.published_at IS NULL ORDER BY o.position LIMIT %s",
+            (limit,),
+        )
+        return self._outbox_rows(rows)
+
+    def mark_published(self, positions: list[int], at: str) -> None:
+        if not positions:
+            return
+        # One statement, so atomic without an explicit transaction.
+        self._query(
+            "UPDATE outbox SET published_at = %s WHERE position = ANY(%s::bigint[])",
+            (at, list(positions)),
+            rows=False,
+        )
+
+    def stats(self) -> dict[str, int]:
+        tables = ("history", "clients", "tasks", "rejections", "parked", "outbox")
+        counts = [f"(SELECT count(*) FROM {table})" for table in tables]
+        counts.append("(SELECT count(*) FROM tasks WHERE status = ANY(%s::text[]))")
+        # One round trip for all the counts.
+        [row] = self._query(f"SELECT {', '.join(counts)}", (sorted(OPEN_STATUSES),))
+        return dict(zip((*tables, "open_tasks"), map(int, row), strict=True))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+
+def _task_filters(
+    open_only: bool, owner: str | None, due_before: str | None, client_id: str | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if open_only:
+        clauses.append("status = ANY(%s::text[])")
+        params.append(sorted(OPEN_STATUSES))
+    if owner:
+        clauses.append("owner = %s")
+        params.append(owner)
+    if due_before:
+        clauses.append("due < %s")
+        params.append(due_before)
+    if client_id:
+        clauses.append("client_id = %s")
+        params.append(client_id)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+# The columns of each batched insert and their SQL types: rows go in as one array per column.
+_INSERT_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "history": (
+        ("client_id", "text"),
+        ("seq", "bigint"),
+        ("source", "text"),
+        ("event_id", "text"),
+        ("type", "text"),
+        ("occurred_at", "text"),
+        ("recorded_at", "text"),
+        ("pathway_version", "text"),
+        ("from_state", "text"),
+        ("to_state", "text"),
+        ("event", "text"),
+        ("outcome", "text"),
+        ("prev_hash", "text"),
+        ("hash", "text"),
+    ),
+    "receipts": (
+        ("source", "text"),
+        ("event_id", "text"),
+        ("client_id", "text"),
+        ("outcome", "text"),
+        ("recorded_at", "text"),
+    ),
+    "parked": (
+        ("source", "text"),
+        ("event_id", "text"),
+        ("client_id", "text"),
+        ("type", "text"),
+        ("occurred_at", "text"),
+        ("recorded_at", "text"),
+        ("event", "text"),
+        ("reasons", "text"),
+    ),
+    "clients": (("client_id", "text"), ("state", "text"), ("seq", "bigint"), ("snapshot", "text")),
+    "tasks": (
+        ("task_id", "text"),
+        ("client_id", "text"),
+        ("status", "text"),
+        ("owner", "text"),
+        ("due", "text"),
+        ("task", "text"),
+    ),
+    "rejections": (
+        ("key_source", "text"),
+        ("key_id", "text"),
+        ("source", "text"),
+        ("event_id", "text"),
+        ("client_id", "text"),
+        ("type", "text"),
+        ("recorded_at", "text"),
+        ("reasons", "text"),
+        ("original", "text"),
+    ),
+    "outbox": (
+        ("kind", "text"),
+        ("client_id", "text"),
+        ("seq", "bigint"),
+        ("key_source", "text"),
+        ("key_id", "text"),
+        ("recorded_at", "text"),
+    ),
+}
+
+
+def _insert_sql(table: str) -> str:
+    names = ", ".join(name for name, _ in _INSERT_COLUMNS[table])
+    # Binary arrays (%b): the text format would escape every quote of the JSON columns in
+    # Python, several times slower than the whole insert.
+    arrays = ", ".join(f"%b::{sql_type}[]" for _, sql_type in _INSERT_COLUMNS[table])
+    # ORDER BY the array index: identity positions follow the batch's order.
+    return (
+        f"INSERT INTO {table} ({names}) SELECT {names} FROM unnest({arrays})"
+        f" WITH ORDINALITY AS batch ({names}, n) ORDER BY n"
+    )
+
+
+_INSERT_SQL = {table: _insert_sql(table) for table in _INSERT_COLUMNS}
+
+
+def _row_of(table: str) -> Callable[[Any], tuple[Any, ...]]:
+    """The record's attributes in column order (the dataclasses use the column names)."""
+    return attrgetter(*(name for name, _ in _INSERT_COLUMNS[table]))
+
+
+_HISTORY_ROW = _row_of("history")
+_RECEIPT_ROW = _row_of("receipts")
+_PARKED_ROW = _row_of("parked")
+_REJECTION_ROW = _row_of("rejections")
+_OUTBOX_ROW = _row_of("outbox")
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _insert(
+    cursor: psycopg.Cursor[Any], table: str, rows: list[tuple[Any, ...]], on_conflict: str = ""
+) -> None:
+    if rows:
+        cursor.execute(f"{_INSERT_SQL[table]} {on_conflict}".rstrip(), _columns(rows))
