@@ -100,6 +100,7 @@ def run_workers(
         for n in range(workers)
     ]
     first = None
+    all_recorded = None
     distinct = len({(e["source"], e["id"]) for e in events})
     try:
         while True:
@@ -107,6 +108,8 @@ def run_workers(
             now = time.perf_counter()
             if recorded and first is None:
                 first = now
+            if recorded >= distinct and all_recorded is None:
+                all_recorded = now
             if recorded >= distinct and unpublished == 0:
                 break
             if now - started > 1800:
@@ -120,9 +123,10 @@ def run_workers(
     finally:
         for proc in procs:
             proc.stop()
-    assert first is not None
+    assert first is not None and all_recorded is not None
     return {
         "raw_consume_per_s": raw,
+        "recorded_per_s": len(events) / (all_recorded - first),
         "end_to_end_per_s": len(events) / (done - first),
         "end_to_end_with_startup_per_s": len(events) / (done - started),
         "lag_after_run": len(events) - committed,
@@ -152,6 +156,7 @@ def main() -> None:
         "events": len(events),
         "raw_consume_per_s": round(one["raw_consume_per_s"]),
         "one_worker_per_s": round(one["end_to_end_per_s"]),
+        "one_worker_recorded_per_s": round(one["recorded_per_s"]),
         "one_worker_fraction_of_raw": round(one["end_to_end_per_s"] / one["raw_consume_per_s"], 3),
         "one_worker_with_startup_per_s": round(one["end_to_end_with_startup_per_s"]),
         "lag_after_one_worker": one["lag_after_run"],
