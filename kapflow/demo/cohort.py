@@ -594,6 +594,11 @@ class _ClientStory:
             timedelta(days=27)
         ):
             return
+        self._renew_subscription()
+        self._tick(5, 15)
+
+    def _renew_subscription(self) -> None:
+        """Joyous renews the prescription and the month's subscription."""
         self._publish(
             JOYOUS,
             "prescriber.prescription_renewed",
@@ -603,7 +608,6 @@ class _ClientStory:
             },
         )
         self.subscription_paid_at = self.now
-        self._tick(5, 15)
 
     def _lapse_subscription(self) -> bool:
         """R9: the $129/month Joyous subscription lapsed; dosing waits for its renewal."""
@@ -615,15 +619,7 @@ class _ClientStory:
                 self._withdraw()
             return False
         self._after_days(3, 20)
-        self._publish(
-            JOYOUS,
-            "prescriber.prescription_renewed",
-            {
-                "prescriber": "joyous",
-                "valid_until": (self.now + timedelta(days=365)).date().isoformat(),
-            },
-        )
-        self.subscription_paid_at = self.now
+        self._renew_subscription()
         # Renewal does not lift the hold by itself: the clinician releases it.
         self._after_hours(2, 48)
         self._release_hold("subscription_renewed")
