@@ -49,13 +49,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from kapflow.store.base import (
+    HISTORY_COLUMNS,
+    OUTBOX_SELECT,
     BatchWrites,
     HistoryEntry,
-    OutboxRef,
     OutboxRow,
     ParkedEvent,
     RejectedRecord,
     StoreError,
+    outbox_rows,
+    task_filters,
 )
 from kapflow.workflow.client import ClientSnapshot
 from kapflow.workflow.tasks import OPEN_STATUSES, Task
@@ -148,10 +151,6 @@ CREATE TABLE IF NOT EXISTS meta (key {_T} PRIMARY KEY, value {_T} NOT NULL);
 """
 
 SCHEMA_VERSION = "1"
-HISTORY_COLUMNS = (
-    "client_id, seq, source, event_id, type, occurred_at, recorded_at, pathway_version,"
-    " from_state, to_state, event, outcome, prev_hash, hash"
-)
 
 # Advisory locks: client locks use the one-bigint key space, kapflow's own locks the
 # two-int key space, which PostgreSQL keeps apart, so a client hash can never collide
@@ -610,7 +609,7 @@ class PostgresStore:
         client_id: str | None = None,
         limit: int = 10000,
     ) -> list[Task]:
-        clauses, params = _task_filters(open_only, owner, due_before, client_id)
+        clauses, params = task_filters(open_only, owner, due_before, client_id, "%s")
         rows = self._query(
             f"SELECT task FROM tasks {clauses} ORDER BY due, task_id LIMIT %s", [*params, limit]
         )
@@ -637,43 +636,19 @@ class PostgresStore:
             for row in self._query(sql + " WHERE client_id = %s ORDER BY arrival", (client_id,))
         ]
 
-    _OUTBOX_SELECT = (
-        "SELECT o.position, o.kind, o.client_id, o.seq, o.key_source, o.key_id, o.recorded_at,"
-        " h.client_id, h.seq, h.source, h.event_id, h.type, h.occurred_at, h.recorded_at,"
-        " h.pathway_version, h.from_state, h.to_state, h.event, h.outcome, h.prev_hash, h.hash,"
-        " r.key_source, r.key_id, r.source, r.event_id, r.client_id, r.type, r.recorded_at,"
-        " r.reasons, r.original"
-        " FROM outbox o"
-        " LEFT JOIN history h ON o.kind = 'history' AND h.client_id = o.client_id"
-        " AND h.seq = o.seq"
-        " LEFT JOIN rejections r ON o.kind = 'rejection' AND r.key_source = o.key_source"
-        " AND r.key_id = o.key_id"
-    )
-
-    @staticmethod
-    def _outbox_rows(rows: list[Any]) -> list[OutboxRow]:
-        out: list[OutboxRow] = []
-        for row in rows:
-            ref = OutboxRef(*row[1:7])
-            record: HistoryEntry | RejectedRecord = (
-                HistoryEntry(*row[7:21]) if ref.kind == "history" else RejectedRecord(*row[21:30])
-            )
-            out.append((row[0], ref, record))
-        return out
-
     def outbox_after(self, position: int, limit: int = 500) -> list[OutboxRow]:
         rows = self._query(
-            self._OUTBOX_SELECT + " WHERE o.position > %s ORDER BY o.position LIMIT %s",
+            OUTBOX_SELECT + " WHERE o.position > %s ORDER BY o.position LIMIT %s",
             (position, limit),
         )
-        return self._outbox_rows(rows)
+        return outbox_rows(rows)
 
     def unpublished(self, limit: int = 500) -> list[OutboxRow]:
         rows = self._query(
-            self._OUTBOX_SELECT + " WHERE o.published_at IS NULL ORDER BY o.position LIMIT %s",
+            OUTBOX_SELECT + " WHERE o.published_at IS NULL ORDER BY o.position LIMIT %s",
             (limit,),
         )
-        return self._outbox_rows(rows)
+        return outbox_rows(rows)
 
     def mark_published(self, positions: list[int], at: str) -> None:
         if not positions:
@@ -698,26 +673,6 @@ class PostgresStore:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
-
-
-def _task_filters(
-    open_only: bool, owner: str | None, due_before: str | None, client_id: str | None
-) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if open_only:
-        clauses.append("status = ANY(%s::text[])")
-        params.append(sorted(OPEN_STATUSES))
-    if owner:
-        clauses.append("owner = %s")
-        params.append(owner)
-    if due_before:
-        clauses.append("due < %s")
-        params.append(due_before)
-    if client_id:
-        clauses.append("client_id = %s")
-        params.append(client_id)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 # The columns of each batched insert and their SQL types: rows go in as one array per column.

@@ -17,16 +17,19 @@ from typing import Any
 import orjson
 
 from kapflow.store.base import (
+    HISTORY_COLUMNS,
+    OUTBOX_SELECT,
     BatchWrites,
     HistoryEntry,
-    OutboxRef,
     OutboxRow,
     ParkedEvent,
     RejectedRecord,
     StoreError,
+    outbox_rows,
+    task_filters,
 )
 from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.tasks import OPEN_STATUSES, Task
+from kapflow.workflow.tasks import Task
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -113,10 +116,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 SCHEMA_VERSION = "1"
-HISTORY_COLUMNS = (
-    "client_id, seq, source, event_id, type, occurred_at, recorded_at, pathway_version,"
-    " from_state, to_state, event, outcome, prev_hash, hash"
-)
 
 
 def path_from_url(url: str) -> str:
@@ -389,7 +388,7 @@ class SQLiteStore:
         client_id: str | None = None,
         limit: int = 10000,
     ) -> list[Task]:
-        clauses, params = _task_filters(open_only, owner, due_before, client_id)
+        clauses, params = task_filters(open_only, owner, due_before, client_id, "?")
         rows = self._query(
             f"SELECT task FROM tasks {clauses} ORDER BY due, task_id LIMIT ?", [*params, limit]
         )
@@ -416,43 +415,19 @@ class SQLiteStore:
             for row in self._query(sql + " WHERE client_id = ? ORDER BY arrival", (client_id,))
         ]
 
-    _OUTBOX_SELECT = (
-        "SELECT o.position, o.kind, o.client_id, o.seq, o.key_source, o.key_id, o.recorded_at,"
-        " h.client_id, h.seq, h.source, h.event_id, h.type, h.occurred_at, h.recorded_at,"
-        " h.pathway_version, h.from_state, h.to_state, h.event, h.outcome, h.prev_hash, h.hash,"
-        " r.key_source, r.key_id, r.source, r.event_id, r.client_id, r.type, r.recorded_at,"
-        " r.reasons, r.original"
-        " FROM outbox o"
-        " LEFT JOIN history h ON o.kind = 'history' AND h.client_id = o.client_id"
-        " AND h.seq = o.seq"
-        " LEFT JOIN rejections r ON o.kind = 'rejection' AND r.key_source = o.key_source"
-        " AND r.key_id = o.key_id"
-    )
-
-    @staticmethod
-    def _outbox_rows(rows: list[Any]) -> list[OutboxRow]:
-        out: list[OutboxRow] = []
-        for row in rows:
-            ref = OutboxRef(*row[1:7])
-            record: HistoryEntry | RejectedRecord = (
-                HistoryEntry(*row[7:21]) if ref.kind == "history" else RejectedRecord(*row[21:30])
-            )
-            out.append((row[0], ref, record))
-        return out
-
     def outbox_after(self, position: int, limit: int = 500) -> list[OutboxRow]:
         rows = self._query(
-            self._OUTBOX_SELECT + " WHERE o.position > ? ORDER BY o.position LIMIT ?",
+            OUTBOX_SELECT + " WHERE o.position > ? ORDER BY o.position LIMIT ?",
             (position, limit),
         )
-        return self._outbox_rows(rows)
+        return outbox_rows(rows)
 
     def unpublished(self, limit: int = 500) -> list[OutboxRow]:
         rows = self._query(
-            self._OUTBOX_SELECT + " WHERE o.published_at IS NULL ORDER BY o.position LIMIT ?",
+            OUTBOX_SELECT + " WHERE o.published_at IS NULL ORDER BY o.position LIMIT ?",
             (limit,),
         )
-        return self._outbox_rows(rows)
+        return outbox_rows(rows)
 
     def mark_published(self, positions: list[int], at: str) -> None:
         conn = self._conn()
@@ -486,23 +461,3 @@ class SQLiteStore:
 def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
-
-
-def _task_filters(
-    open_only: bool, owner: str | None, due_before: str | None, client_id: str | None
-) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if open_only:
-        clauses.append(f"status IN ({','.join('?' for _ in OPEN_STATUSES)})")
-        params.extend(sorted(OPEN_STATUSES))
-    if owner:
-        clauses.append("owner = ?")
-        params.append(owner)
-    if due_before:
-        clauses.append("due < ?")
-        params.append(due_before)
-    if client_id:
-        clauses.append("client_id = ?")
-        params.append(client_id)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
