@@ -16,9 +16,6 @@ from typing import Any, Protocol
 
 log = logging.getLogger("kapflow.relay")
 
-# pg_advisory_lock key: an arbitrary constant naming "the kapflow outbox relay".
-RELAY_LOCK_KEY = 0x6B6170666C6F77  # "kapflow"
-
 
 class Lease(Protocol):
     def acquire(self) -> bool: ...
@@ -62,6 +59,8 @@ class PostgresLease:
     def acquire(self) -> bool:
         import psycopg
 
+        from kapflow.store.postgres import KAPFLOW_LOCKS, RELAY_LOCK
+
         try:
             if self._conn is not None and not self._conn.closed and not self._conn.broken:
                 # Still ours while the session lives; a cheap round trip proves it does.
@@ -71,7 +70,9 @@ class PostgresLease:
             conn = psycopg.connect(
                 self.url, autocommit=True, connect_timeout=5, application_name="kapflow-relay-lease"
             )
-            held = conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK_KEY,)).fetchone()
+            held = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (KAPFLOW_LOCKS, RELAY_LOCK)
+            ).fetchone()
             if held and held[0]:
                 self._conn = conn
                 log.info("outbox relay lease acquired")

@@ -155,9 +155,10 @@ SCHEMA_VERSION = "1"
 # Advisory locks: client locks use the one-bigint key space, kapflow's own locks the
 # two-int key space, which PostgreSQL keeps apart, so a client hash can never collide
 # with them.
-_KAPFLOW_LOCKS = 0x6B617066  # "kapf"
+KAPFLOW_LOCKS = 0x6B617066  # "kapf"
 _SCHEMA_LOCK = 1
 _APPEND_LOCK = 2
+RELAY_LOCK = 3  # held for a session by the one outbox relay (publishers/lease.py)
 
 CONNECT_TIMEOUT_S = 5
 # How long a caller waits for a pooled connection while the server is up (all connections
@@ -346,7 +347,7 @@ class _Transaction:
             if not (batch.rejections or batch.outbox):
                 return
             # Held until commit: positions become visible in the order they were handed out.
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_KAPFLOW_LOCKS, _APPEND_LOCK))
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", (KAPFLOW_LOCKS, _APPEND_LOCK))
             insert(
                 "rejections",
                 [_REJECTION_ROW(r) for r in batch.rejections],
@@ -387,7 +388,7 @@ class PostgresStore:
                 with conn.transaction():
                     # Two processes opening a fresh database at once must not race on DDL.
                     conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s, %s)", (_KAPFLOW_LOCKS, _SCHEMA_LOCK)
+                        "SELECT pg_advisory_xact_lock(%s, %s)", (KAPFLOW_LOCKS, _SCHEMA_LOCK)
                     )
                     conn.execute(SCHEMA)
                     conn.execute(
