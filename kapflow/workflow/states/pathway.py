@@ -66,6 +66,12 @@ class CarePathway(StateMachine):
     completed = State()
     withdrawn = State()
 
+    # Groups the transitions below name (plain tuples: not states of their own).
+    IN_CARE = (inquiry, assessed, cleared, prepared, dosed, integrating)
+    CLEARED_FOR_TREATMENT = (cleared, prepared, dosed, integrating)
+    OPEN = (*IN_CARE, on_hold)  # where scheduling facts are recorded
+    KNOWN = (*OPEN, ineligible, completed, withdrawn)  # every state but `new`
+
     # Intake ---------------------------------------------------------------------------
     receive_inquiry = new.to(inquiry) | inquiry.to.itself(internal=True)
     complete_assessment = inquiry.to(assessed, cond=meets_eligibility) | inquiry.to(
@@ -79,19 +85,12 @@ class CarePathway(StateMachine):
     ) | assessed.to(
         ineligible, unless=cleared_by_prescriber, validators=evaluation_names_matching_pathway
     )
-    renew_prescription = _stay(
-        cleared, prepared, dosed, integrating, on_hold, validators=names_clients_prescriber
-    )
+    renew_prescription = _stay(*CLEARED_FOR_TREATMENT, on_hold, validators=names_clients_prescriber)
     revoke_clearance = _each(
-        cleared, prepared, dosed, integrating, to=on_hold, validators=names_clients_prescriber
+        *CLEARED_FOR_TREATMENT, to=on_hold, validators=names_clients_prescriber
     ) | _stay(on_hold, validators=names_clients_prescriber)
     lapse_subscription = _each(
-        cleared,
-        prepared,
-        dosed,
-        integrating,
-        to=on_hold,
-        validators=lapse_is_of_low_dose_subscription,
+        *CLEARED_FOR_TREATMENT, to=on_hold, validators=lapse_is_of_low_dose_subscription
     ) | _stay(on_hold, validators=lapse_is_of_low_dose_subscription)
 
     # Preparation (R6) -------------------------------------------------------------------
@@ -110,13 +109,11 @@ class CarePathway(StateMachine):
 
     # Safety (R10) and holds ---------------------------------------------------------------
     report_adverse_event = (
-        _each(inquiry, assessed, cleared, prepared, dosed, integrating, to=on_hold, cond=is_severe)
-        | _stay(inquiry, assessed, cleared, prepared, dosed, integrating, unless=is_severe)
+        _each(*IN_CARE, to=on_hold, cond=is_severe)
+        | _stay(*IN_CARE, unless=is_severe)
         | _stay(on_hold)
     )
-    place_hold = _each(
-        inquiry, assessed, cleared, prepared, dosed, integrating, to=on_hold
-    ) | _stay(on_hold)
+    place_hold = _each(*IN_CARE, to=on_hold) | _stay(on_hold)
     release_hold = (
         on_hold.to(inquiry, cond=returns_to("inquiry"))
         | on_hold.to(assessed, cond=returns_to("assessed"))
@@ -127,36 +124,18 @@ class CarePathway(StateMachine):
     )
 
     # Scheduling facts: recorded in every open state ---------------------------------------
-    book_appointment = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
-    cancel_appointment = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
-    record_no_show = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
-    confirm_chaperone = _stay(inquiry, assessed, cleared, prepared, dosed, integrating, on_hold)
-    # Scheduling facts and time (kapflow's clock) ------------------------------------------
+    book_appointment = _stay(*OPEN)
+    cancel_appointment = _stay(*OPEN)
+    record_no_show = _stay(*OPEN)
+    confirm_chaperone = _stay(*OPEN)
+
+    # Time (kapflow's clock) and tasks closed outside the pathway --------------------------
     reach_deadline = (
-        _each(cleared, prepared, dosed, integrating, to=on_hold, cond=subscription_period_ended)
-        | _stay(
-            inquiry,
-            assessed,
-            cleared,
-            prepared,
-            dosed,
-            integrating,
-            unless=subscription_period_ended,
-        )
+        _each(*CLEARED_FOR_TREATMENT, to=on_hold, cond=subscription_period_ended)
+        | _stay(*IN_CARE, unless=subscription_period_ended)
         | _stay(on_hold, ineligible, completed, withdrawn)
     )
-    complete_task = _stay(
-        inquiry,
-        assessed,
-        cleared,
-        prepared,
-        dosed,
-        integrating,
-        on_hold,
-        ineligible,
-        completed,
-        withdrawn,
-    )
+    complete_task = _stay(*KNOWN)
 
     # Endings ------------------------------------------------------------------------------
     complete_course = _each(
@@ -169,9 +148,7 @@ class CarePathway(StateMachine):
         to=completed,
         validators=integration_not_owed,
     )
-    withdraw = _each(
-        inquiry, assessed, cleared, prepared, dosed, integrating, on_hold, ineligible, to=withdrawn
-    )
+    withdraw = _each(*OPEN, ineligible, to=withdrawn)
 
 
 # Which machine event each CloudEvents type triggers.
