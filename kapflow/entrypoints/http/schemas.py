@@ -13,17 +13,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kapflow.events.outputs import FhirShapedTask as TaskOut
+from kapflow.events.outputs import Reason as ReasonOut
+
+# Tasks and reasons are documented by the same models that describe them on Kafka
+# (events/outputs.py): one definition of each shape for every consumer.
+
 Outcome = Literal["accepted", "duplicate", "rejected", "parked"]
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-
-class ReasonOut(_Open):
-    code: str = Field(description="an R-id (R1–R12) or a stable error code")
-    message: str
-    field: str | None = None
 
 
 class OutcomeOut(_Open):
@@ -35,26 +35,6 @@ class OutcomeOut(_Open):
     outcome: Outcome
     reasons: list[ReasonOut]
     state: str | None = Field(description="the client's state after the event")
-
-
-class TaskOut(_Open):
-    """A follow-up task, FHIR-Task-shaped (SPEC §4)."""
-
-    id: str
-    status: Literal["requested", "in-progress", "completed", "cancelled"]
-    intent: str
-    priority: Literal["routine", "urgent", "asap", "stat"]
-    code: str
-    description: str
-    for_: str = Field(alias="for", description="the client id")
-    owner: str
-    focus: str = Field(description="id of the event that raised the task")
-    authored_on: str
-    due: str
-    last_modified: str
-    amount_usd: str | None = None
-    note: str | None = None
-    about: str | None = None
 
 
 class ClientOut(_Open):
