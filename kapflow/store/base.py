@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.tasks import OPEN_STATUSES, Task
+from kapflow.workflow.tasks import Task
 
 
 @dataclass(slots=True)  # a value: never mutated after construction
@@ -176,65 +176,6 @@ class BatchWrites:
     clients: dict[str, ClientSnapshot] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     outbox: list[OutboxRef] = field(default_factory=list)
-
-
-# SQL both adapters share; only the parameter placeholder differs (`?` or `%s`).
-HISTORY_COLUMNS = (
-    "client_id, seq, source, event_id, type, occurred_at, recorded_at, pathway_version,"
-    " from_state, to_state, event, outcome, prev_hash, hash"
-)
-
-# An outbox row with the history entry or rejection it points at.
-OUTBOX_SELECT = (
-    "SELECT o.position, o.kind, o.client_id, o.seq, o.key_source, o.key_id, o.recorded_at,"
-    " h.client_id, h.seq, h.source, h.event_id, h.type, h.occurred_at, h.recorded_at,"
-    " h.pathway_version, h.from_state, h.to_state, h.event, h.outcome, h.prev_hash, h.hash,"
-    " r.key_source, r.key_id, r.source, r.event_id, r.client_id, r.type, r.recorded_at,"
-    " r.reasons, r.original"
-    " FROM outbox o"
-    " LEFT JOIN history h ON o.kind = 'history' AND h.client_id = o.client_id"
-    " AND h.seq = o.seq"
-    " LEFT JOIN rejections r ON o.kind = 'rejection' AND r.key_source = o.key_source"
-    " AND r.key_id = o.key_id"
-)
-
-
-def outbox_rows(rows: list[Any]) -> list[OutboxRow]:
-    """Decode rows of OUTBOX_SELECT."""
-    out: list[OutboxRow] = []
-    for row in rows:
-        ref = OutboxRef(*row[1:7])
-        record: HistoryEntry | RejectedRecord = (
-            HistoryEntry(*row[7:21]) if ref.kind == "history" else RejectedRecord(*row[21:30])
-        )
-        out.append((row[0], ref, record))
-    return out
-
-
-def task_filters(
-    open_only: bool,
-    owner: str | None,
-    due_before: str | None,
-    client_id: str | None,
-    placeholder: str,
-) -> tuple[str, list[Any]]:
-    """The WHERE clause of a task query and its parameters."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if open_only:
-        statuses = sorted(OPEN_STATUSES)
-        clauses.append(f"status IN ({', '.join(placeholder for _ in statuses)})")
-        params.extend(statuses)
-    if owner:
-        clauses.append(f"owner = {placeholder}")
-        params.append(owner)
-    if due_before:
-        clauses.append(f"due < {placeholder}")
-        params.append(due_before)
-    if client_id:
-        clauses.append(f"client_id = {placeholder}")
-        params.append(client_id)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 class StoreTransaction(Protocol):

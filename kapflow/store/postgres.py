@@ -49,19 +49,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from kapflow.store.base import (
-    HISTORY_COLUMNS,
-    OUTBOX_SELECT,
     BatchWrites,
     HistoryEntry,
-    OutboxRow,
     ParkedEvent,
-    RejectedRecord,
     StoreError,
-    outbox_rows,
-    task_filters,
 )
+from kapflow.store.sql import HISTORY_COLUMNS, SqlReads
 from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.tasks import OPEN_STATUSES, Task
+from kapflow.workflow.tasks import OPEN_STATUSES
 
 log = logging.getLogger("kapflow.store.postgres")
 
@@ -356,7 +351,9 @@ class _Transaction:
             insert("outbox", [_OUTBOX_ROW(r) for r in batch.outbox])
 
 
-class PostgresStore:
+class PostgresStore(SqlReads):
+    placeholder = "%s"
+
     def __init__(
         self,
         url: str = "postgresql://postgres@127.0.0.1:5432/kapflow",
@@ -600,56 +597,6 @@ class PostgresStore:
     def iter_history(self) -> Iterator[HistoryEntry]:
         for row in self._stream(f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY client_id, seq"):
             yield HistoryEntry(*row)
-
-    def tasks(
-        self,
-        *,
-        open_only: bool = False,
-        owner: str | None = None,
-        due_before: str | None = None,
-        client_id: str | None = None,
-        limit: int = 10000,
-    ) -> list[Task]:
-        clauses, params = task_filters(open_only, owner, due_before, client_id, "%s")
-        rows = self._query(
-            f"SELECT task FROM tasks {clauses} ORDER BY due, task_id LIMIT %s", [*params, limit]
-        )
-        return [Task.from_dict(orjson.loads(row[0])) for row in rows]
-
-    def rejections(self, limit: int = 100, after: int = 0) -> list[tuple[int, RejectedRecord]]:
-        rows = self._query(
-            "SELECT position, key_source, key_id, source, event_id, client_id, type,"
-            " recorded_at, reasons, original FROM rejections WHERE position > %s"
-            " ORDER BY position LIMIT %s",
-            (after, limit),
-        )
-        return [(row[0], RejectedRecord(*row[1:])) for row in rows]
-
-    def parked_events(self, client_id: str | None = None) -> list[ParkedEvent]:
-        sql = (
-            "SELECT source, event_id, client_id, type, occurred_at, recorded_at, event, reasons"
-            " FROM parked"
-        )
-        if client_id is None:
-            return [ParkedEvent(*row) for row in self._query(sql + " ORDER BY arrival")]
-        return [
-            ParkedEvent(*row)
-            for row in self._query(sql + " WHERE client_id = %s ORDER BY arrival", (client_id,))
-        ]
-
-    def outbox_after(self, position: int, limit: int = 500) -> list[OutboxRow]:
-        rows = self._query(
-            OUTBOX_SELECT + " WHERE o.position > %s ORDER BY o.position LIMIT %s",
-            (position, limit),
-        )
-        return outbox_rows(rows)
-
-    def unpublished(self, limit: int = 500) -> list[OutboxRow]:
-        rows = self._query(
-            OUTBOX_SELECT + " WHERE o.published_at IS NULL ORDER BY o.position LIMIT %s",
-            (limit,),
-        )
-        return outbox_rows(rows)
 
     def mark_published(self, positions: list[int], at: str) -> None:
         if not positions:

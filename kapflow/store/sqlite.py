@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,13 @@ from typing import Any
 import orjson
 
 from kapflow.store.base import (
-    HISTORY_COLUMNS,
-    OUTBOX_SELECT,
     BatchWrites,
     HistoryEntry,
-    OutboxRow,
     ParkedEvent,
-    RejectedRecord,
     StoreError,
-    outbox_rows,
-    task_filters,
 )
+from kapflow.store.sql import HISTORY_COLUMNS, SqlReads
 from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.tasks import Task
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -281,7 +275,9 @@ class _Transaction:
             )
 
 
-class SQLiteStore:
+class SQLiteStore(SqlReads):
+    placeholder = "?"
+
     def __init__(self, url: str = "sqlite:///./kapflow.db") -> None:
         self.url = url
         path = path_from_url(url)
@@ -339,7 +335,7 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise StoreError(f"commit failed: {error}") from error
 
-    def _query(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._conn().execute(sql, params).fetchall()
 
     # Reads ----------------------------------------------------------------------------
@@ -378,56 +374,6 @@ class SQLiteStore:
         while rows := cursor.fetchmany(2000):
             for row in rows:
                 yield HistoryEntry(*row)
-
-    def tasks(
-        self,
-        *,
-        open_only: bool = False,
-        owner: str | None = None,
-        due_before: str | None = None,
-        client_id: str | None = None,
-        limit: int = 10000,
-    ) -> list[Task]:
-        clauses, params = task_filters(open_only, owner, due_before, client_id, "?")
-        rows = self._query(
-            f"SELECT task FROM tasks {clauses} ORDER BY due, task_id LIMIT ?", [*params, limit]
-        )
-        return [Task.from_dict(json.loads(row[0])) for row in rows]
-
-    def rejections(self, limit: int = 100, after: int = 0) -> list[tuple[int, RejectedRecord]]:
-        rows = self._query(
-            "SELECT position, key_source, key_id, source, event_id, client_id, type,"
-            " recorded_at, reasons, original FROM rejections WHERE position > ?"
-            " ORDER BY position LIMIT ?",
-            (after, limit),
-        )
-        return [(row[0], RejectedRecord(*row[1:])) for row in rows]
-
-    def parked_events(self, client_id: str | None = None) -> list[ParkedEvent]:
-        sql = (
-            "SELECT source, event_id, client_id, type, occurred_at, recorded_at, event, reasons"
-            " FROM parked"
-        )
-        if client_id is None:
-            return [ParkedEvent(*row) for row in self._query(sql + " ORDER BY arrival")]
-        return [
-            ParkedEvent(*row)
-            for row in self._query(sql + " WHERE client_id = ? ORDER BY arrival", (client_id,))
-        ]
-
-    def outbox_after(self, position: int, limit: int = 500) -> list[OutboxRow]:
-        rows = self._query(
-            OUTBOX_SELECT + " WHERE o.position > ? ORDER BY o.position LIMIT ?",
-            (position, limit),
-        )
-        return outbox_rows(rows)
-
-    def unpublished(self, limit: int = 500) -> list[OutboxRow]:
-        rows = self._query(
-            OUTBOX_SELECT + " WHERE o.published_at IS NULL ORDER BY o.position LIMIT ?",
-            (limit,),
-        )
-        return outbox_rows(rows)
 
     def mark_published(self, positions: list[int], at: str) -> None:
         conn = self._conn()
