@@ -58,12 +58,12 @@ def timed_run(command: list[str]) -> tuple[float, int]:
 
 
 def engine_rates(lines: list[str]) -> tuple[float, float]:
-    from kapflow.engine import apply
-    from kapflow.events import CloudEvent, parse_event
-    from kapflow.workflow.client import ClientSnapshot
-    from kapflow.workflow.policy import DEFAULT_POLICY
-    from kapflow.workflow.states.pathway import TRIGGERS, CarePathway
-    from kapflow.workflow.states.rules import RuleContext
+    from events import CloudEvent, parse_event
+    from workflow.client import ClientSnapshot
+    from workflow.engine import apply
+    from workflow.policy import DEFAULT_POLICY
+    from workflow.states.pathway import TRIGGERS, CarePathway
+    from workflow.states.rules import RuleContext
 
     events = [e for e in map(parse_event, lines) if isinstance(e, CloudEvent)]
     clients: dict[str, ClientSnapshot] = {}

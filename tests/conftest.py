@@ -16,7 +16,7 @@ from postgres_fixtures import postgres_url  # noqa: E402,F401
 from kapflow.service.ingest import IngestResult, IngestService  # noqa: E402
 from kapflow.store import open_store  # noqa: E402
 from kapflow.store.base import EventStore  # noqa: E402
-from kapflow.workflow.client import ClientSnapshot  # noqa: E402
+from workflow.client import ClientSnapshot  # noqa: E402
 
 FIXED_NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

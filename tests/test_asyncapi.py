@@ -13,8 +13,8 @@ import yaml
 from builders import Journey
 from conftest import Clinic
 
-from kapflow.events.asyncapi import asyncapi_document
-from kapflow.events.outputs import OUTPUT_MODELS, OutgoingCloudEvent
+from events.outputs import OUTPUT_MODELS, OutgoingCloudEvent
+from kapflow.publishers.asyncapi import asyncapi_document
 from kapflow.service.outbox import as_cloudevent, render
 
 ROOT = Path(__file__).resolve().parents[1]

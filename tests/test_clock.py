@@ -13,12 +13,12 @@ import pytest
 from builders import Journey, stamp
 from conftest import Clinic
 
-from kapflow.events import parse_event_object
+from events import parse_event_object
 from kapflow.service.audit import replay, verify
 from kapflow.service.clock import deadlines, tick
 from kapflow.store import open_store
-from kapflow.workflow.policy import DEFAULT_POLICY
-from kapflow.workflow.tasks import Task
+from workflow.policy import DEFAULT_POLICY
+from workflow.tasks import Task
 
 
 def open_task(clinic: Clinic, code: str, client: str = "c-1") -> Task:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from builders import Journey
 
-from kapflow.events import EVENT_TYPES, CloudEvent, Rejection, event_json_schemas, parse_event
+from events import EVENT_TYPES, CloudEvent, Rejection, event_json_schemas, parse_event
 
 
 def _codes(result: CloudEvent | Rejection) -> list[tuple[str, str | None]]:

@@ -14,13 +14,13 @@ import pytest
 from builders import Journey
 from statemachine.exceptions import TransitionNotAllowed
 
-from kapflow.engine import apply, select_transition
-from kapflow.events import CloudEvent, parse_event_object
-from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.policy import DEFAULT_POLICY
-from kapflow.workflow.states.pathway import TRIGGERS, CarePathway
-from kapflow.workflow.states.rules import RuleContext, RuleViolation
-from kapflow.workflow.timers import SUBSCRIPTION_END, timer_id
+from events import CloudEvent, parse_event_object
+from workflow.client import ClientSnapshot
+from workflow.engine import apply, select_transition
+from workflow.policy import DEFAULT_POLICY
+from workflow.states.pathway import TRIGGERS, CarePathway
+from workflow.states.rules import RuleContext, RuleViolation
+from workflow.timers import SUBSCRIPTION_END, timer_id
 
 PAID_UNTIL = "2026-12-01"
 
@@ -156,8 +156,17 @@ def test_fast_path_agrees_with_the_machine_in_every_state(state: str) -> None:
 
 
 def test_every_event_type_triggers_an_event_of_the_machine() -> None:
-    from kapflow.events import EVENT_TYPES
+    from events import EVENT_TYPES
 
     assert set(TRIGGERS) == set(EVENT_TYPES)
     machine_events = {event.id for event in CarePathway.events}
     assert set(TRIGGERS.values()) == machine_events
+
+
+def test_the_published_states_are_the_states_of_the_pathway() -> None:
+    from typing import get_args
+
+    from events.outputs import ClientState
+    from workflow.states.pathway import CLIENT_STATES
+
+    assert set(get_args(ClientState)) == set(CLIENT_STATES)

@@ -21,7 +21,7 @@ from hypothesis.stateful import (
 
 from kapflow.service.audit import replay, verify
 from kapflow.store import open_store
-from kapflow.workflow.client import ClientSnapshot
+from workflow.client import ClientSnapshot
 
 ACCEPTED_DOSINGS: list[int] = []
 SESSIONS = st.sampled_from(["s-1", "s-2", "s-3"])

@@ -34,7 +34,7 @@ from kapflow.service.ingest import IngestResult, IngestService
 from kapflow.store import open_store
 from kapflow.store.base import EventStore, StoreError, entry_hash
 from kapflow.store.postgres import PostgresStore
-from kapflow.workflow.client import GENESIS_HASH
+from workflow.client import GENESIS_HASH
 
 pytestmark = pytest.mark.postgres
 

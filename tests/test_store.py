@@ -13,7 +13,7 @@ from kapflow.service.audit import verify
 from kapflow.service.outbox import Message, render
 from kapflow.store import open_store
 from kapflow.store.base import entry_hash
-from kapflow.workflow.client import GENESIS_HASH
+from workflow.client import GENESIS_HASH
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

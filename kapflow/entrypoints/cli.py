@@ -146,7 +146,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from kapflow.workflow.tasks import iso
+    from workflow.tasks import iso
 
     if args.overdue and args.now is None:
         raise CommandError("--overdue needs --now TIME (the engine never reads the clock)")
@@ -190,8 +190,8 @@ def cmd_tick(args: argparse.Namespace) -> int:
 
 def cmd_deadlines(args: argparse.Namespace) -> int:
     from kapflow.service.clock import deadlines
-    from kapflow.workflow.policy import DEFAULT_POLICY
-    from kapflow.workflow.tasks import iso
+    from workflow.policy import DEFAULT_POLICY
+    from workflow.tasks import iso
 
     now = args.now or _now_default()
     until = now + args.within
@@ -277,7 +277,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
-    from kapflow.workflow.states.diagram import graphviz_svg, mermaid
+    from workflow.states.diagram import graphviz_svg, mermaid
 
     if args.format == "mermaid":
         text = mermaid()
@@ -294,7 +294,7 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from kapflow.events import event_json_schemas
+    from events import event_json_schemas
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +310,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_asyncapi(args: argparse.Namespace) -> int:
     import yaml
 
-    from kapflow.events.asyncapi import asyncapi_document
+    from kapflow.publishers.asyncapi import asyncapi_document
 
     text = yaml.safe_dump(asyncapi_document(), sort_keys=False, allow_unicode=True, width=100)
     if args.out:

@@ -21,7 +21,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
-from kapflow.events.kafka_binding import from_kafka_record
+from events.kafka_binding import from_kafka_record
 from kapflow.publishers.kafka import KafkaOutboxRelay
 from kapflow.service.clock import deadlines
 from kapflow.service.ingest import IngestService, RawInput, utc_now

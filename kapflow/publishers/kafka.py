@@ -22,7 +22,7 @@ from kapflow.service.ingest import utc_now
 from kapflow.service.outbox import as_cloudevent, render
 from kapflow.settings import KafkaSettings
 from kapflow.store.base import EventStore, StoreError
-from kapflow.workflow.tasks import iso
+from workflow.tasks import iso
 
 log = logging.getLogger("kapflow.relay")
 

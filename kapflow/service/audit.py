@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from kapflow.engine import Outcome, apply
-from kapflow.events import CloudEvent, parse_event
+from events import CloudEvent, parse_event
 from kapflow.service.ingest import compact_json
 from kapflow.store.base import EventStore, HistoryEntry, entry_hash
-from kapflow.workflow.client import GENESIS_HASH, ClientSnapshot
-from kapflow.workflow.policy import DEFAULT_POLICY, CarePolicy
-from kapflow.workflow.states.pathway import PATHWAY_VERSION
-from kapflow.workflow.tasks import iso
+from workflow.client import GENESIS_HASH, ClientSnapshot
+from workflow.engine import Outcome, apply
+from workflow.policy import DEFAULT_POLICY, CarePolicy
+from workflow.states.pathway import PATHWAY_VERSION
+from workflow.tasks import iso
 
 # Snapshot fields not reproduced by a replay of history alone.
 _NOT_REPLAYED = ("parked",)

@@ -17,9 +17,9 @@ from typing import Any
 
 from kapflow.service.ingest import IngestResult, IngestService
 from kapflow.store.base import EventStore
-from kapflow.workflow.policy import CarePolicy
-from kapflow.workflow.tasks import iso
-from kapflow.workflow.timers import CLOCK_SOURCE, timers
+from workflow.policy import CarePolicy
+from workflow.tasks import iso
+from workflow.timers import CLOCK_SOURCE, timers
 
 Owns = Callable[[str], bool]
 MAX_ROUNDS = 5

@@ -18,8 +18,7 @@ from typing import Any
 
 import orjson
 
-from kapflow.engine import ACCEPTED, DUPLICATE, PARKED, REJECTED, Outcome, apply
-from kapflow.events import CloudEvent, Reason, Rejection, parse_event, parse_event_object
+from events import CloudEvent, Reason, Rejection, parse_event, parse_event_object
 from kapflow.store.base import (
     BatchWrites,
     EventStore,
@@ -31,10 +30,11 @@ from kapflow.store.base import (
     StoreTransaction,
     entry_hash,
 )
-from kapflow.workflow.client import NEW, ClientSnapshot
-from kapflow.workflow.policy import DEFAULT_POLICY, CarePolicy
-from kapflow.workflow.states.pathway import PATHWAY_VERSION
-from kapflow.workflow.tasks import iso
+from workflow.client import NEW, ClientSnapshot
+from workflow.engine import ACCEPTED, DUPLICATE, PARKED, REJECTED, Outcome, apply
+from workflow.policy import DEFAULT_POLICY, CarePolicy
+from workflow.states.pathway import PATHWAY_VERSION
+from workflow.tasks import iso
 
 log = logging.getLogger("kapflow.ingest")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kapflow.store.base import HistoryEntry, OutboxRef, RejectedRecord
-from kapflow.workflow.client import NEW
+from workflow.client import NEW
 
 STATE_CHANGES = "state-changes"
 TASKS = "tasks"

@@ -15,8 +15,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.tasks import Task
+from workflow.client import ClientSnapshot
+from workflow.tasks import Task
 
 
 @dataclass(slots=True)  # a value: never mutated after construction

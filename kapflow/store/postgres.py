@@ -55,8 +55,8 @@ from kapflow.store.base import (
     StoreError,
 )
 from kapflow.store.sql import HISTORY_COLUMNS, SqlReads
-from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.tasks import OPEN_STATUSES
+from workflow.client import ClientSnapshot
+from workflow.tasks import OPEN_STATUSES
 
 log = logging.getLogger("kapflow.store.postgres")
 

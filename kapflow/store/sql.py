@@ -19,7 +19,7 @@ from kapflow.store.base import (
     ParkedEvent,
     RejectedRecord,
 )
-from kapflow.workflow.tasks import OPEN_STATUSES, Task
+from workflow.tasks import OPEN_STATUSES, Task
 
 HISTORY_COLUMNS = (
     "client_id, seq, source, event_id, type, occurred_at, recorded_at, pathway_version,"

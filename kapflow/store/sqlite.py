@@ -23,7 +23,7 @@ from kapflow.store.base import (
     StoreError,
 )
 from kapflow.store.sql import HISTORY_COLUMNS, SqlReads
-from kapflow.workflow.client import ClientSnapshot
+from workflow.client import ClientSnapshot
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (

@@ -31,7 +31,7 @@ from kapflow.service.ingest import IngestService
 from kapflow.service.writer import SingleWriter
 from kapflow.store import open_store
 from kapflow.store.access_log import open_access_log
-from kapflow.workflow.states.pathway import PATHWAY_VERSION
+from workflow.states.pathway import PATHWAY_VERSION
 
 log = logging.getLogger("kapflow.http")
 request_log = logging.getLogger("kapflow.http.requests")

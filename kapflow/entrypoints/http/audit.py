@@ -35,7 +35,7 @@ from kapflow.service.access import Permission
 from kapflow.service.audit import csv_text, replay_view, verify
 from kapflow.service.ingest import compact_json
 from kapflow.store.base import HistoryEntry
-from kapflow.workflow.tasks import iso
+from workflow.tasks import iso
 
 router = APIRouter(tags=["audit"])
 

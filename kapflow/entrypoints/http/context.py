@@ -20,7 +20,7 @@ from kapflow.service.access import ApiKey, KeyRing
 from kapflow.service.writer import SingleWriter
 from kapflow.store.access_log import AccessLog, AccessRecord
 from kapflow.store.base import EventStore
-from kapflow.workflow.tasks import iso
+from workflow.tasks import iso
 
 MiB = 1024 * 1024
 

@@ -24,11 +24,11 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from events import EVENT_TYPES
 from kapflow.entrypoints.http.auth import require
 from kapflow.entrypoints.http.context import services
 from kapflow.entrypoints.http.errors import ApiError, errors_for
 from kapflow.entrypoints.http.schemas import OutcomeOut
-from kapflow.events import EVENT_TYPES
 from kapflow.service.access import ApiKey, Permission
 from kapflow.service.writer import WriterClosed, WriterOverloaded
 from kapflow.store.base import StoreError

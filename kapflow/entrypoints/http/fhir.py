@@ -36,7 +36,7 @@ from kapflow.entrypoints.http.errors import ApiError, errors_for
 from kapflow.entrypoints.http.metrics import OWNERS
 from kapflow.entrypoints.http.reads import CLIENT_ID_PATTERN
 from kapflow.service.access import Permission
-from kapflow.workflow.tasks import OPEN_STATUSES, iso
+from workflow.tasks import OPEN_STATUSES, iso
 
 router = APIRouter(tags=["fhir"])
 

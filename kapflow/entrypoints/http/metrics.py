@@ -19,11 +19,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kapflow.events import EVENT_TYPES
+from events import EVENT_TYPES
 from kapflow.service.writer import Commit
 from kapflow.store.base import EventStore
-from kapflow.workflow.states.pathway import CLIENT_STATES
-from kapflow.workflow.tasks import Owner, iso
+from workflow.states.pathway import CLIENT_STATES
+from workflow.tasks import Owner, iso
 
 OWNERS = (Owner.SCHEDULER, Owner.CLINICIAN, Owner.BILLING, Owner.PRESCRIBER_LIAISON, Owner.CLIENT)
 _KNOWN_TYPES = frozenset(EVENT_TYPES)

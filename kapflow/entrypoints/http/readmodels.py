@@ -24,9 +24,9 @@ from datetime import datetime
 from typing import Any
 
 from kapflow.store.base import EventStore
-from kapflow.workflow.client import NEW
-from kapflow.workflow.states.pathway import CLIENT_STATES, MAIN_LINE, PATHWAY_VERSION
-from kapflow.workflow.tasks import iso
+from workflow.client import NEW
+from workflow.states.pathway import CLIENT_STATES, MAIN_LINE, PATHWAY_VERSION
+from workflow.tasks import iso
 
 STAGES: tuple[str, ...] = tuple(state for state in MAIN_LINE if state != NEW)
 _BIT = {stage: 1 << i for i, stage in enumerate(STAGES)}

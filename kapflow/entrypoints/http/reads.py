@@ -29,9 +29,9 @@ from kapflow.entrypoints.http.schemas import (
 )
 from kapflow.service.access import Permission
 from kapflow.service.clock import deadlines
-from kapflow.workflow.states.diagram import mermaid
-from kapflow.workflow.states.pathway import CLIENT_STATES, MAIN_LINE, PATHWAY_VERSION, CarePathway
-from kapflow.workflow.tasks import iso
+from workflow.states.diagram import mermaid
+from workflow.states.pathway import CLIENT_STATES, MAIN_LINE, PATHWAY_VERSION, CarePathway
+from workflow.tasks import iso
 
 router = APIRouter()
 

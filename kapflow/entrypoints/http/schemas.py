@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kapflow.events.outputs import FhirShapedTask as TaskOut
-from kapflow.events.outputs import Reason as ReasonOut
+from events.outputs import FhirShapedTask as TaskOut
+from events.outputs import Reason as ReasonOut
 
 # Tasks and reasons are documented by the same models that describe them on Kafka
 # (events/outputs.py): one definition of each shape for every consumer.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from kapflow.workflow.handlers.effects import Effects
-from kapflow.workflow.handlers.prescriber import _hold_for
-from kapflow.workflow.handlers.scheduling import KEEP_ON_EXIT
-from kapflow.workflow.states.rules import RuleContext, eligibility_failures
-from kapflow.workflow.tasks import Owner, TaskCode
+from workflow.handlers.effects import Effects
+from workflow.handlers.prescriber import _hold_for
+from workflow.handlers.scheduling import KEEP_ON_EXIT
+from workflow.states.rules import RuleContext, eligibility_failures
+from workflow.tasks import Owner, TaskCode
 
 FINANCING_NOTE = "financing: Advance Care (15 months interest-free) or CareCredit"
 

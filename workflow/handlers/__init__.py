@@ -2,8 +2,8 @@
 
 from collections.abc import Callable
 
-from kapflow.workflow.handlers import clinician, operations, prescriber, scheduling, system
-from kapflow.workflow.handlers.effects import Effects, TaskChange
+from workflow.handlers import clinician, operations, prescriber, scheduling, system
+from workflow.handlers.effects import Effects, TaskChange
 
 HANDLERS: dict[str, Callable[[Effects], None]] = {
     **scheduling.HANDLERS,

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-from kapflow.events.envelope import CloudEvent
-from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.policy import CarePolicy
-from kapflow.workflow.tasks import Task, iso, task_id_for
+from events.envelope import CloudEvent
+from workflow.client import ClientSnapshot
+from workflow.policy import CarePolicy
+from workflow.tasks import Task, iso, task_id_for
 
 
 @dataclass(slots=True)  # a value: never mutated after construction

@@ -11,9 +11,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from events.outputs import OUTPUT_MODELS, OutgoingCloudEvent
+from events.registry import EVENT_MODELS
 from kapflow import __version__
-from kapflow.events.outputs import OUTPUT_MODELS, OutgoingCloudEvent
-from kapflow.events.registry import EVENT_MODELS
 from kapflow.service.outbox import CLOUDEVENT_TYPES
 
 REF = "#/components/schemas/{model}"

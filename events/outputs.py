@@ -10,9 +10,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kapflow.workflow.states.pathway import CLIENT_STATES
-
-ClientState = Literal[CLIENT_STATES]  # type: ignore[valid-type]
+# The public client states (SPEC §1): part of the published contract. The pathway machine
+# declares the same states; tests/test_pathway_agreement.py holds the two together.
+ClientState = Literal[
+    "inquiry",
+    "assessed",
+    "cleared",
+    "prepared",
+    "dosed",
+    "integrating",
+    "ineligible",
+    "on_hold",
+    "completed",
+    "withdrawn",
+]
 
 
 class _Output(BaseModel):

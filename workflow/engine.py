@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kapflow.events.envelope import CloudEvent
-from kapflow.events.registry import Reason
-from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.handlers import HANDLERS, Effects, TaskChange
-from kapflow.workflow.policy import DEFAULT_POLICY, CarePolicy
-from kapflow.workflow.states.compiled import (
+from events.envelope import CloudEvent
+from events.registry import Reason
+from workflow.client import ClientSnapshot
+from workflow.handlers import HANDLERS, Effects, TaskChange
+from workflow.policy import DEFAULT_POLICY, CarePolicy
+from workflow.states.compiled import (
     ANY_STATE_VALIDATORS,
     TRANSITIONS,
     CompiledTransition,
     is_premature,
 )
-from kapflow.workflow.states.pathway import PATHWAY_VERSION, TRIGGERS
-from kapflow.workflow.states.rules import RuleContext, RuleViolation
+from workflow.states.pathway import PATHWAY_VERSION, TRIGGERS
+from workflow.states.rules import RuleContext, RuleViolation
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"

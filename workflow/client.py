@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from kapflow.workflow.tasks import Task
+from workflow.tasks import Task
 
 NEW = "new"  # the machine's initial pseudo-state: kapflow has not heard of the client yet
 # The hash the first history entry of every client chains to.

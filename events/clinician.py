@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from kapflow.events.envelope import CloudEvent, Code, EventData, ReasonCode
-from kapflow.events.prescriber import Pathway
-from kapflow.events.scheduling import Modality
+from events.envelope import CloudEvent, Code, EventData, ReasonCode
+from events.prescriber import Pathway
+from events.scheduling import Modality
 
 # Seed: "dizziness, nausea, increased heart rate, or temporary confusion or fatigue".
 SideEffect = Literal["dizziness", "nausea", "increased_heart_rate", "confusion", "fatigue"]

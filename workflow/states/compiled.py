@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kapflow.workflow.states.pathway import MAIN_LINE, CarePathway
-from kapflow.workflow.states.rules import RuleContext
+from workflow.states.pathway import MAIN_LINE, CarePathway
+from workflow.states.rules import RuleContext
 
 Guard = Callable[[RuleContext], bool]
 Validator = Callable[[RuleContext], None]

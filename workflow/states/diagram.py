@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from kapflow.workflow.states.pathway import PATHWAY_VERSION, CarePathway
+from workflow.states.pathway import PATHWAY_VERSION, CarePathway
 
 
 def mermaid() -> str:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from kapflow.events.envelope import CloudEvent, EventData, ReasonCode
+from events.envelope import CloudEvent, EventData, ReasonCode
 
 Prescriber = Literal["journey_clinical", "joyous"]
 Pathway = Literal["high_dose", "low_dose"]

@@ -12,12 +12,12 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from kapflow.events.clinician import CLINICIAN_EVENTS
-from kapflow.events.envelope import CloudEvent
-from kapflow.events.operations import OPERATIONS_EVENTS
-from kapflow.events.prescriber import PRESCRIBER_EVENTS
-from kapflow.events.scheduling import SCHEDULING_EVENTS
-from kapflow.events.system import SYSTEM_EVENTS
+from events.clinician import CLINICIAN_EVENTS
+from events.envelope import CloudEvent
+from events.operations import OPERATIONS_EVENTS
+from events.prescriber import PRESCRIBER_EVENTS
+from events.scheduling import SCHEDULING_EVENTS
+from events.system import SYSTEM_EVENTS
 
 ALL_EVENT_MODELS: tuple[type[CloudEvent], ...] = (
     SCHEDULING_EVENTS + PRESCRIBER_EVENTS + CLINICIAN_EVENTS + OPERATIONS_EVENTS + SYSTEM_EVENTS

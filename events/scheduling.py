@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime
 
-from kapflow.events.envelope import CloudEvent, Code, EventData, ReasonCode
+from events.envelope import CloudEvent, Code, EventData, ReasonCode
 
 AppointmentKind = Literal["assessment", "preparation", "dosing", "integration"]
 Modality = Literal["in_person", "virtual"]

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kapflow.events.envelope import CloudEvent
-from kapflow.events.prescriber import PATHWAY_OF_PRESCRIBER
-from kapflow.events.registry import Reason
-from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.policy import CarePolicy
-from kapflow.workflow.timers import SUBSCRIPTION_END, timer_named
+from events.envelope import CloudEvent
+from events.prescriber import PATHWAY_OF_PRESCRIBER
+from events.registry import Reason
+from workflow.client import ClientSnapshot
+from workflow.policy import CarePolicy
+from workflow.timers import SUBSCRIPTION_END, timer_named
 
 
 @dataclass(slots=True)  # a value: never mutated after construction

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kapflow.workflow.handlers.effects import Effects
+from workflow.handlers.effects import Effects
 
 
 def task_completed(fx: Effects) -> None:

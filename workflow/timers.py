@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from kapflow.workflow.client import ClientSnapshot
-from kapflow.workflow.policy import CarePolicy
-from kapflow.workflow.tasks import iso, task_id_for
+from workflow.client import ClientSnapshot
+from workflow.policy import CarePolicy
+from workflow.tasks import iso, task_id_for
 
 CLOCK_SOURCE = "urn:kapflow:clock"
 CLEARED_STATES = frozenset({"cleared", "prepared", "dosed", "integrating", "on_hold"})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kapflow.workflow.handlers.effects import Effects
-from kapflow.workflow.tasks import Owner, TaskCode, iso
+from workflow.handlers.effects import Effects
+from workflow.tasks import Owner, TaskCode, iso
 
 BOOKING_CLOSES: dict[str, str] = {
     "assessment": TaskCode.SCHEDULE_ASSESSMENT,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kapflow.events.prescriber import PATHWAY_OF_PRESCRIBER
-from kapflow.workflow.handlers.effects import Effects
-from kapflow.workflow.tasks import Owner, TaskCode
+from events.prescriber import PATHWAY_OF_PRESCRIBER
+from workflow.handlers.effects import Effects
+from workflow.tasks import Owner, TaskCode
 
 
 def _authorise(fx: Effects, doses_authorized: int | None) -> None:

@@ -1,7 +1,7 @@
 """Event contracts: the CloudEvents envelope and one pydantic model per event type."""
 
-from kapflow.events.envelope import CloudEvent
-from kapflow.events.registry import (
+from events.envelope import CloudEvent
+from events.registry import (
     EVENT_MODELS,
     EVENT_TYPES,
     Reason,

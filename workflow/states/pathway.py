@@ -12,7 +12,7 @@ from typing import Any
 
 from statemachine import State, StateMachine
 
-from kapflow.workflow.states.rules import (
+from workflow.states.rules import (
     cleared_by_prescriber,
     completes_current_dosing,
     dosing_is_safe,

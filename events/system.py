@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kapflow.events.envelope import CloudEvent, Code, EventData
+from events.envelope import CloudEvent, Code, EventData
 
 # The CloudEvents `source` kapflow uses for the events its own clock emits.
 SYSTEM_SOURCE = "urn:kapflow:clock"

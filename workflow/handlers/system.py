@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import date
 
-from kapflow.workflow.handlers.effects import Effects
-from kapflow.workflow.tasks import Owner, Task, TaskCode, raise_priority
-from kapflow.workflow.timers import (
+from workflow.handlers.effects import Effects
+from workflow.tasks import Owner, Task, TaskCode, raise_priority
+from workflow.timers import (
     CLEARANCE_RENEWAL,
     INACTIVITY,
     SUBSCRIPTION_END,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kapflow.events.envelope import CloudEvent, Code, EventData
+from events.envelope import CloudEvent, Code, EventData
 
 Role = Literal["scheduler", "clinician", "billing", "prescriber_liaison", "client"]
 
