@@ -1,6 +1,7 @@
 """Core benchmark (issue: engine, ingest, verify, memory), measured side by side in one run.
 
     .venv/bin/python benchmarks/core.py [--events 50000] [--runs 3]
+    .venv/bin/python benchmarks/core.py --profile [--events 50000] [--top 40]
 
 Prints, as medians over --runs:
 - engine apply rate vs a naive baseline that builds a python-statemachine per event;
@@ -9,13 +10,21 @@ Prints, as medians over --runs:
 - `kapflow verify` rate over that store, as a multiple of the ingest rate;
 - peak RSS of the ingest process, for the full file and for a file 4× smaller (streaming:
   memory must not grow with the file).
+
+`--profile` instead runs `kapflow ingest` of the cohort in this process (the CLI's own
+code path, output discarded) under cProfile and prints the top functions by cumulative
+time, then the top by own time: what to attack first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
 import json
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -71,7 +80,7 @@ def engine_rates(lines: list[str]) -> tuple[float, float]:
     for event in events:
         client = clients.get(event.subject) or ClientSnapshot(event.subject)
         outcome = apply(client, event)
-        if outcome.accepted:
+        if outcome.recorded:
             clients[event.subject] = outcome.client
     fast = len(events) / (time.perf_counter() - start)
 
@@ -88,21 +97,44 @@ def engine_rates(lines: list[str]) -> tuple[float, float]:
         except Exception:  # noqa: BLE001 - refusals are outcomes here
             continue
         outcome = apply(client, event)  # the same facts, so both walk the same path
-        if outcome.accepted:
+        if outcome.recorded:
             clients[event.subject] = outcome.client
     naive = len(sample) / (time.perf_counter() - start)
     return fast, naive
+
+
+def profile_ingest(cohort: Path, db: Path, top: int) -> None:
+    """cProfile of `kapflow ingest FILE` run in-process (no process start, no output)."""
+    from kapflow.entrypoints.cli import main as kapflow
+
+    profiler = cProfile.Profile()
+    with contextlib.redirect_stdout(io.StringIO()) as discarded:
+        profiler.enable()
+        status = kapflow(["ingest", str(cohort), "--db", f"sqlite:///{db}"])
+        profiler.disable()
+        discarded.truncate(0)
+    if status != 0:
+        raise SystemExit("kapflow ingest failed under the profiler")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="cProfile one in-process ingest")
+    parser.add_argument("--top", type=int, default=40, help="functions listed by --profile")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="kapflow-bench-"))
     cohort = work / "cohort.jsonl"
     count = write_cohort(cohort, args.events)
+    if args.profile:
+        print(f"cohort: {count} events ({work}); profiling kapflow ingest in-process")
+        profile_ingest(cohort, work / "profile.db", args.top)
+        return
     quarter = work / "quarter.jsonl"
     with cohort.open() as src, quarter.open("w") as dst:
         for n, line in enumerate(src):

@@ -4,8 +4,10 @@ from events.envelope import CloudEvent
 from events.registry import (
     EVENT_MODELS,
     EVENT_TYPES,
+    MAX_EVENT_BYTES,
     Reason,
     Rejection,
+    decode_json,
     event_json_schemas,
     parse_event,
     parse_event_object,
@@ -14,9 +16,11 @@ from events.registry import (
 __all__ = [
     "EVENT_MODELS",
     "EVENT_TYPES",
+    "MAX_EVENT_BYTES",
     "CloudEvent",
     "Reason",
     "Rejection",
+    "decode_json",
     "event_json_schemas",
     "parse_event",
     "parse_event_object",

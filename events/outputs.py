@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from events.operations import TaskOwner
+from events.registry import Reason
+
 # The public client states (SPEC §1): part of the published contract. The pathway machine
 # declares the same states; tests/test_pathway_agreement.py holds the two together.
 ClientState = Literal[
@@ -42,6 +45,11 @@ class StateChange(_Output):
     occurred_at: str = Field(description="RFC 3339: when the triggering event happened")
     recorded_at: str = Field(description="RFC 3339: when kapflow recorded it")
     pathway_version: str
+    deviations: list[str] | None = Field(
+        None,
+        description="present when the event was recorded as a protocol deviation: the rules "
+        "it broke (the message is then sent even if the state did not change)",
+    )
 
 
 class FhirShapedTask(_Output):
@@ -54,7 +62,7 @@ class FhirShapedTask(_Output):
     code: str
     description: str
     for_: str = Field(alias="for")
-    owner: Literal["scheduler", "clinician", "billing", "prescriber_liaison", "client"]
+    owner: TaskOwner
     focus: str
     authored_on: str
     due: str
@@ -75,12 +83,6 @@ class TaskChange(_Output):
     task: FhirShapedTask
 
 
-class Reason(_Output):
-    code: str = Field(description="an R-id (R1–R12) or a stable error code")
-    message: str
-    field: str | None = None
-
-
 class DeadLetter(_Output):
     """An input kapflow rejected: the original message and machine-readable reasons."""
 
@@ -91,6 +93,30 @@ class DeadLetter(_Output):
     recorded_at: str
     reasons: list[Reason]
     original: str = Field(description="the original message text")
+
+
+class ProtocolDeviation(_Output):
+    """A fact of care broke a protocol rule, or a late fact resolved or revealed such a break."""
+
+    status: Literal["recorded", "resolved", "revealed", "revised"] = Field(
+        description="`recorded`: the event itself was a deviation; for a late fact that "
+        "re-judged an earlier dosing at the dosing's own time: `resolved` (no rule broken any "
+        "more), `revealed` (a dosing recorded within the protocol broke a rule after all), "
+        "`revised` (still a deviation, other rules)"
+    )
+    client_id: str
+    seq: int = Field(ge=1, description="the history entry that records this")
+    event_id: str = Field(description="the event that deviated (for a re-judgement: the dosing)")
+    session_id: str | None = Field(description="the dosing session, when the event is one")
+    rules: list[str] = Field(description="the rules broken now (empty when resolved)")
+    previous_rules: list[str] = Field(description="before this re-judgement (empty if recorded)")
+    reasons: list[Reason] = Field(description="why, for a recorded deviation")
+    review_task_id: str | None = Field(description="the `review-protocol-deviation` task")
+    cause_event_id: str = Field(description="the event of the history entry `seq`")
+    cause_event_type: str
+    occurred_at: str = Field(description="RFC 3339: when the entry's event happened")
+    recorded_at: str
+    pathway_version: str
 
 
 class OutgoingCloudEvent(_Output):
@@ -108,4 +134,5 @@ OUTPUT_MODELS: dict[str, type[_Output]] = {
     "state-changes": StateChange,
     "tasks": TaskChange,
     "rejected": DeadLetter,
+    "deviations": ProtocolDeviation,
 }

@@ -2,15 +2,32 @@
 
 Parsing never raises on bad input: it returns a `Rejection` whose reasons are
 machine-readable and carry no input values (an error message must not echo a payload).
+
+Before the schema, every input must be text that any store can hold and any consumer can
+read the same way (`decode_json`): at most `MAX_EVENT_BYTES`, UTF-8, no NUL character
+(PostgreSQL text cannot hold one) and no lone surrogate, JSON nested at most `MAX_NESTING`
+levels, no object with the same key twice (two parsers could each keep a different one),
+and numbers within 64 bits. So a poison message is one rejection, never a crashed stream
+or a batch the database refuses, and it gets the same outcome on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Union
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+    with_config,
+)
 
 from events.clinician import CLINICIAN_EVENTS
 from events.envelope import CloudEvent
@@ -32,11 +49,15 @@ _AnyEvent = Annotated[Union[ALL_EVENT_MODELS], Field(discriminator="type")]  # t
 _ADAPTER: TypeAdapter[CloudEvent] = TypeAdapter(_AnyEvent)
 
 
+# The one definition of a reason: the engine's outcomes carry it, and the published
+# contracts (events/outputs.py) and the HTTP schemas use it as their `Reason`.
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True, slots=True)
 class Reason:
-    """Why an event was not accepted. `code` is an R-id or a stable error code."""
+    """Why an outcome is what it is: a rule (R1–R12) or a stable error code, a message for
+    people, and the field concerned when there is one."""
 
-    code: str
+    code: Annotated[str, Field(description="an R-id (R1–R12) or a stable error code")]
     message: str
     field: str | None = None
 
@@ -44,6 +65,15 @@ class Reason:
         out = {"code": self.code, "message": self.message}
         if self.field is not None:
             out["field"] = self.field
+        return out
+
+    # Unannotated on purpose: a return annotation would replace the published schema.
+    @model_serializer(mode="wrap")
+    def _published(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        """In the published models too, `field` only when set (as `as_dict`)."""
+        out = handler(self)
+        if out.get("field") is None:
+            out.pop("field", None)
         return out
 
 
@@ -58,12 +88,148 @@ class Rejection:
     type: str | None = None
 
 
+MAX_EVENT_BYTES = 256 * 1024
+"""The largest message read as one event. A CloudEvent of flags and codes is under 2 KiB;
+anything near this size is a publisher's bug, rejected as `TOO_LARGE`."""
+MAX_NESTING = 32
+"""The deepest JSON nesting read (a CloudEvent needs four levels)."""
+_INT64 = 2**63
+
+
+class _Unfit(ValueError):
+    """Raised inside the JSON decoder's hooks: the input is JSON kapflow will not read."""
+
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.code)
+        self.reason = reason
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Unfit(Reason("DUPLICATE_KEY", "an object holds the same key twice"))
+    return obj
+
+
+def _int64(digits: str) -> int:
+    # Checked on the digits first: int() of thousands of digits is itself a poison.
+    if len(digits) > 20 or not -_INT64 <= (value := int(digits)) < _INT64:
+        raise _Unfit(Reason("NUMBER_OUT_OF_RANGE", "an integer outside the 64-bit range"))
+    return value
+
+
+def _finite(digits: str) -> float:
+    value = float(digits)
+    if not math.isfinite(value):
+        raise _Unfit(Reason("NUMBER_OUT_OF_RANGE", "a number too large for a 64-bit float"))
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise _Unfit(Reason("MALFORMED_JSON", "not valid JSON"))  # NaN, Infinity
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_int=_int64, parse_float=_finite, parse_constant=_not_json
+)
+
+
+def storable_text_problem(text: str) -> Reason | None:
+    """Why a string cannot be stored as text on every store, or None when it can."""
+    if "\x00" in text:
+        return Reason("UNSTORABLE_TEXT", "holds a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return Reason("UNSTORABLE_TEXT", "holds a lone surrogate (not valid Unicode)")
+    return None
+
+
+def _values(obj: Any) -> Iterator[tuple[Any, int, str | None]]:
+    """Every value and key with its depth and top-level key, without recursion."""
+    stack: list[tuple[Any, int, str | None]] = [(obj, 1, None)]
+    while stack:
+        value, depth, top = stack.pop()
+        yield value, depth, top
+        if isinstance(value, dict):
+            for key, item in value.items():
+                here = key if top is None else top
+                yield key, depth, here
+                stack.append((item, depth + 1, here))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, top) for item in value)
+
+
+def _field_name(top: str | None) -> str | None:
+    # Only a name from the envelope is echoed: any other key is the sender's content.
+    return top if top in CloudEvent.model_fields else None
+
+
+def _may_hide_a_problem(text: str) -> bool:
+    """Whether the decoded value must be walked: only an escape can put a NUL or a lone
+    surrogate in a string (the raw text has none), and nesting deeper than the limit needs
+    more brackets than the limit. Most events have neither, and skip the walk."""
+    lowered = text.lower() if "\\u" in text else ""
+    return (
+        "\\u0000" in lowered or "\\ud" in lowered or text.count("[") + text.count("{") > MAX_NESTING
+    )
+
+
+def decode_json(raw: str | bytes) -> Any:
+    """One JSON document kapflow will read, or the `Reason` it will not.
+
+    Never raises on any input: size, encoding, NUL, lone surrogates, nesting, duplicate
+    keys and numbers out of range are each a reason of their own.
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        return Reason("TOO_LARGE", f"larger than {MAX_EVENT_BYTES} bytes, the limit for one event")
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Reason("INVALID_UTF8", "not valid UTF-8")
+    else:
+        text = raw
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_EVENT_BYTES:
+            return Reason(
+                "TOO_LARGE", f"larger than {MAX_EVENT_BYTES} bytes, the limit for one event"
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes a transport could not decode, kept as surrogates
+            return Reason("INVALID_UTF8", "not valid UTF-8")
+    problem = storable_text_problem(text)
+    if problem is not None:
+        return problem
+    try:
+        obj = _DECODER.decode(text)
+    except _Unfit as unfit:
+        return unfit.reason
+    except RecursionError:
+        return Reason("TOO_DEEP", f"JSON nested deeper than {MAX_NESTING} levels")
+    except ValueError:
+        return Reason("MALFORMED_JSON", "not valid JSON")
+    if not _may_hide_a_problem(text):
+        return obj
+    for value, depth, top in _values(obj):
+        if depth > MAX_NESTING:
+            return Reason("TOO_DEEP", f"JSON nested deeper than {MAX_NESTING} levels")
+        if isinstance(value, str):
+            problem = storable_text_problem(value)
+            if problem is not None:
+                return Reason(problem.code, problem.message, _field_name(top))
+    return obj
+
+
 def parse_event(raw: str | bytes) -> CloudEvent | Rejection:
     """Validate one structured-mode CloudEvent given as JSON text."""
+    decoded = decode_json(raw)
+    if isinstance(decoded, Reason):
+        return Rejection((decoded,))
     try:
         return _ADAPTER.validate_json(raw)
     except ValidationError as error:
-        return _rejection(error, _identity_of(raw))
+        return _rejection(error, decoded if isinstance(decoded, dict) else {})
 
 
 def parse_event_object(obj: Any) -> CloudEvent | Rejection:
@@ -73,17 +239,11 @@ def parse_event_object(obj: Any) -> CloudEvent | Rejection:
     """
     try:
         text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        return Rejection((Reason("TOO_DEEP", f"JSON nested deeper than {MAX_NESTING} levels"),))
     except (TypeError, ValueError):
         return Rejection((Reason("SCHEMA", "not representable as JSON"),))
     return parse_event(text)
-
-
-def _identity_of(raw: str | bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def _text_or_none(value: Any) -> str | None:

@@ -37,6 +37,7 @@ class KafkaSettings(BaseSettings):
     state_changes_topic: str = "kapflow.state-changes"
     tasks_topic: str = "kapflow.tasks"
     rejected_topic: str = "kapflow.rejected"
+    deviations_topic: str = "kapflow.deviations"
     partitions: int = Field(default=8, ge=1, le=1024)
     replication_factor: int = Field(default=3, ge=1, le=7)
     group_id: str = Field(default="kapflow-worker", pattern=r"^[A-Za-z0-9._\-]{1,128}$")
@@ -51,9 +52,15 @@ class KafkaSettings(BaseSettings):
     batch_wait_seconds: float = Field(default=0.2, gt=0, le=60)
     relay_batch_size: int = Field(default=1000, ge=1, le=50_000)
     relay_idle_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Published outbox rows are deleted this long after publication (`kapflow prune`).
+    outbox_retention_days: float = Field(default=7.0, gt=0, le=3650)
     pg_pool_size: int = Field(default=4, ge=1, le=64)
-    session_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
-    heartbeat_interval_seconds: float = Field(default=3.0, gt=0, le=60)
+    # Group membership: a worker that dies (SIGKILL, a lost node) is noticed after the
+    # session timeout and its partitions handed over. 6 s is the least a stock Apache Kafka
+    # broker accepts (group.min.session.timeout.ms); heartbeats at a twelfth of it let the
+    # survivors hear of the rebalance at once. Measured by benchmarks/handover.py.
+    session_timeout_seconds: float = Field(default=6.0, ge=1, le=600)
+    heartbeat_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     store_retry_max_seconds: float = Field(default=30.0, gt=0, le=600)
     clock_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
 
@@ -86,11 +93,12 @@ class KafkaSettings(BaseSettings):
 
     @property
     def topics(self) -> dict[str, str]:
-        """Outbox topic (state-changes | tasks | rejected) → Kafka topic name."""
+        """Outbox topic (state-changes | tasks | rejected | deviations) → Kafka topic name."""
         return {
             "state-changes": self.state_changes_topic,
             "tasks": self.tasks_topic,
             "rejected": self.rejected_topic,
+            "deviations": self.deviations_topic,
         }
 
     def client_options(self) -> dict[str, object]:

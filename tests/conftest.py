@@ -42,6 +42,13 @@ class Clinic:
         assert snapshot is not None, f"client {client_id} not recorded"
         return snapshot
 
+    def open_tasks(self, code: str, client_id: str = "c-1") -> list[dict[str, Any]]:
+        return [
+            task.as_dict()
+            for task in self.client(client_id).open_tasks.values()
+            if task.code == code
+        ]
+
     def open_codes(self, client_id: str = "c-1") -> list[str]:
         return sorted(task.code for task in self.client(client_id).open_tasks.values())
 

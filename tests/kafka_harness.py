@@ -37,6 +37,7 @@ class Topics:
             "state-changes": f"{self.prefix}.state-changes",
             "tasks": f"{self.prefix}.tasks",
             "rejected": f"{self.prefix}.rejected",
+            "deviations": f"{self.prefix}.deviations",
         }
 
     def env(self) -> dict[str, str]:
@@ -45,6 +46,7 @@ class Topics:
             "KAPFLOW_STATE_CHANGES_TOPIC": self.outputs["state-changes"],
             "KAPFLOW_TASKS_TOPIC": self.outputs["tasks"],
             "KAPFLOW_REJECTED_TOPIC": self.outputs["rejected"],
+            "KAPFLOW_DEVIATIONS_TOPIC": self.outputs["deviations"],
             "KAPFLOW_GROUP_ID": f"{self.prefix}-workers",
         }
 

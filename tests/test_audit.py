@@ -13,6 +13,7 @@ from conftest import Clinic
 
 from kapflow.service.audit import export_csv, export_jsonl, replay, verify
 from kapflow.service.ingest import IngestService
+from kapflow.store.codec import StorageCodec
 
 
 def test_replay_as_of_a_time_shows_the_state_then(clinic: Clinic) -> None:
@@ -61,13 +62,29 @@ def _tamper(sqlite_url: str, sql: str) -> None:
     conn.close()
 
 
+def _rewrite(sqlite_url: str, table: str, column: str, where: str, old: str, new: str) -> None:
+    """An insider edits stored text in place: read through the storage codec, changed,
+    stored again the same way (the values are compressed, so SQL `replace` cannot)."""
+    codec = StorageCodec()
+    conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+    rows = conn.execute(f"SELECT rowid, {column} FROM {table} WHERE {where}").fetchall()
+    for rowid, value in rows:
+        changed = codec.encode(codec.decode(value).replace(old, new))
+        conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (changed, rowid))
+    conn.commit()
+    conn.close()
+
+
 def test_verify_detects_an_altered_event(clinic: Clinic, sqlite_url: str) -> None:
     j = Journey()
     clinic.send(*j.to_prepared(), j.dosing_started("s-1"))
-    _tamper(
+    _rewrite(
         sqlite_url,
-        "UPDATE history SET event = replace(event, '\"chaperone_confirmed\":true',"
-        " '\"chaperone_confirmed\":false') WHERE seq = 6",
+        "history",
+        "event",
+        "seq = 6",
+        '"chaperone_confirmed":true',
+        '"chaperone_confirmed":false',
     )
     kinds = {(d.seq, d.kind) for d in verify(clinic.store).divergences}
     assert (6, "chain") in kinds and (6, "outcome") in kinds
@@ -84,11 +101,7 @@ def test_verify_detects_a_deleted_entry(clinic: Clinic, sqlite_url: str) -> None
 def test_verify_detects_a_rewritten_snapshot(clinic: Clinic, sqlite_url: str) -> None:
     j = Journey()
     clinic.send(*j.to_prepared())
-    _tamper(
-        sqlite_url,
-        'UPDATE clients SET snapshot = replace(snapshot, \'"state":"prepared"\','
-        ' \'"state":"integrating"\')',
-    )
+    _rewrite(sqlite_url, "clients", "snapshot", "1", '"state":"prepared"', '"state":"integrating"')
     assert [d.kind for d in verify(clinic.store).divergences] == ["snapshot"]
 
 
@@ -104,8 +117,10 @@ def test_verify_detects_a_recomputed_chain_with_a_changed_outcome(
     conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
     rows = conn.execute(f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY seq").fetchall()
     previous = "0" * 64
+    codec = StorageCodec()
     for row in rows:
         row = list(row)
+        row[10:12] = [codec.decode(value) for value in row[10:12]]
         if row[1] == 3:
             row[9] = "ineligible"
         digest = chain_hash(previous, *row[0:12])

@@ -51,9 +51,12 @@ def test_ingest_prints_one_outcome_line_per_event_and_exits_zero(
     assert len(lines) == 11
     assert set(lines[0]) == {"id", "subject", "type", "outcome", "reasons", "state"}
     assert [line["outcome"] for line in lines] == (
-        ["accepted"] * 6 + ["rejected"] + ["accepted"] * 2 + ["rejected", "duplicate"]
+        ["accepted"] * 6 + ["deviation", "rejected", "accepted", "rejected", "duplicate"]
     )
-    assert lines[6]["reasons"][0]["code"] == "R7"
+    # Dosed without a confirmed chaperone: recorded, flagged R7. The same session cannot
+    # start a second time: a contradiction of the recorded facts, rejected.
+    assert (lines[6]["reasons"][0]["code"], lines[6]["state"]) == ("R7", "dosed")
+    assert lines[7]["reasons"][0]["code"] == "SESSION_ALREADY_STARTED"
     assert lines[8]["state"] == "dosed"
 
 
@@ -148,7 +151,9 @@ def test_diagram_and_schema(tmp_path: Path) -> None:
     if shutil.which("dot"):
         assert "<svg" in kapflow("diagram", "--format", "svg").stdout
     kapflow("schema", "--out", str(tmp_path / "schemas"))
-    assert len(list((tmp_path / "schemas").glob("*.schema.json"))) == 22
+    from events import EVENT_TYPES
+
+    assert len(list((tmp_path / "schemas").glob("*.schema.json"))) == len(EVENT_TYPES)
 
 
 def test_errors_are_one_line_never_a_traceback(tmp_path: Path, sqlite_url: str) -> None:

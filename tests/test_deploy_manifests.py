@@ -11,7 +11,13 @@ from kapflow.settings import KafkaSettings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SETTING_ENV = {f"KAPFLOW_{name.upper()}" for name in KafkaSettings.model_fields} | {"KAPFLOW_DB"}
-TOPICS = {"kapflow.events", "kapflow.state-changes", "kapflow.tasks", "kapflow.rejected"}
+TOPICS = {
+    "kapflow.events",
+    "kapflow.state-changes",
+    "kapflow.tasks",
+    "kapflow.rejected",
+    "kapflow.deviations",
+}
 
 
 def k8s_documents() -> list[dict[str, Any]]:
@@ -61,3 +67,12 @@ def test_the_service_selects_the_api_pods_and_config_names_real_settings() -> No
     }
     config["sasl_username"], config["sasl_password"] = "u", "p"
     KafkaSettings(**config)  # the shipped configuration validates
+
+
+def test_the_manifests_create_every_topic_kapflow_publishes_to() -> None:
+    settings = KafkaSettings(kafka="kafka:9092")
+    assert {settings.events_topic, *settings.topics.values()} == TOPICS
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    created = compose["services"]["kafka-topics"]["command"][0]
+    assert all(topic in created for topic in TOPICS)
+    assert compose["x-kapflow-env"]["KAPFLOW_DEVIATIONS_TOPIC"] == "kapflow.deviations"

@@ -21,9 +21,9 @@ def valid() -> dict[str, Any]:
 
 
 def test_every_spec_event_type_has_a_contract() -> None:
-    # The 21 types of SPEC §3, plus operations.task_completed (closing tasks no care
-    # event fulfils: billing done, prescriber notified, reminder sent).
-    assert len(EVENT_TYPES) == 22
+    # The 21 types of SPEC §3, plus the work queue's operations events: a task completed
+    # (billing done, prescriber notified, reminder sent), claimed, cancelled or reassigned.
+    assert len(EVENT_TYPES) == 25
     assert "clinician.hold_placed" in EVENT_TYPES and "system.deadline_reached" in EVENT_TYPES
 
 

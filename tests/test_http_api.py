@@ -386,7 +386,12 @@ def test_health_and_readiness(service: Service) -> None:
     assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok", "insecure_dev": False}
     ready = httpx.get(f"{service.url}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "database": "ok", "writer": "ok"}
+    assert ready.json() == {
+        "status": "ready",
+        "database": "ok",
+        "access_log": "ok",
+        "writer": "ok",
+    }
 
 
 def test_metrics_expose_outcomes_latency_tasks_and_states(

@@ -25,6 +25,8 @@ KAPFLOW = shutil.which("kapflow", path=str(Path(sys.executable).parent)) or "kap
 ENDPOINTS: dict[str, tuple[str, str]] = {
     "publish": ("POST", "/v1/events"),
     "client": ("GET", "/v1/clients/c-auth-1"),
+    "readiness": ("GET", "/v1/clients/c-auth-1/readiness?action=dose&at=2026-02-01T09:00:00Z"),
+    "deviations": ("GET", "/v1/deviations?open=true"),
     "clients": ("GET", "/v1/clients?state=inquiry"),
     "stats": ("GET", "/v1/stats"),
     "pathway": ("GET", "/v1/pathway"),
@@ -40,11 +42,24 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "parked": ("GET", "/v1/parked"),
     "access_log": ("GET", "/v1/access-log"),
 }
-OPERATIONS = {"client", "clients", "stats", "pathway", "tasks", "stream", "metrics", "fhir"}
+OPERATIONS = {
+    "client",
+    "readiness",
+    "deviations",
+    "clients",
+    "stats",
+    "pathway",
+    "tasks",
+    "stream",
+    "metrics",
+    "fhir",
+}
 AUDIT = {"history", "replay", "export", "verify", "rejections", "parked", "access_log"}
 ALLOWED: dict[str, set[str]] = {
     "publisher": {"publish"},
     "dashboard": OPERATIONS,
+    # Staff look clients up (history, replay) and act on tasks (tests/test_http_tasks.py).
+    "operations": OPERATIONS | {"history", "replay"},
     "auditor": OPERATIONS | AUDIT,
     "admin": OPERATIONS | AUDIT | {"publish"},
 }

@@ -113,7 +113,9 @@ class PoisonAware(IngestService):
         return super().ingest_batch(items)
 
 
-def test_a_failing_request_fails_alone_and_the_rest_of_its_group_commits(tmp_path: Path) -> None:
+def test_a_request_the_database_fails_on_is_dead_lettered_alone_and_its_group_commits(
+    tmp_path: Path,
+) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'k.db'}")
     writer = SingleWriter(PoisonAware(store))
     busy, gate = threading.Event(), threading.Event()
@@ -130,12 +132,15 @@ def test_a_failing_request_fails_alone_and_the_rest_of_its_group_commits(tmp_pat
     futures = [writer.submit([b'{"poison": 1}']), writer.submit(good)]
     gate.set()
     assert first.result(10)[0].outcome == "accepted"
-    with pytest.raises(RuntimeError):
-        futures[0].result(10)
+    # Not a store outage (that would be a StoreError): the input is at fault, so it becomes
+    # one rejection instead of an error its publisher would retry for ever.
+    (poison,) = futures[0].result(10)
+    assert (poison.outcome, [r.code for r in poison.reasons]) == ("rejected", ["UNPROCESSABLE"])
     assert futures[1].result(10)[0].outcome == "accepted"
     # The shared transaction failed, then each request went alone: only the poison failed.
     assert writer.stats.failed_transactions == 2
-    assert writer.stats.transactions == 2
+    assert writer.stats.transactions == 3
+    assert [r.original for _, r in store.rejections(limit=10)] == ['{"poison": 1}']
     writer.close()
     with pytest.raises(WriterClosed):
         writer.submit(good)

@@ -16,10 +16,11 @@ from statemachine.exceptions import TransitionNotAllowed
 
 from events import CloudEvent, parse_event_object
 from workflow.client import ClientSnapshot
+from workflow.deviations import to_timeline
 from workflow.engine import apply, select_transition
 from workflow.policy import DEFAULT_POLICY
 from workflow.states.pathway import TRIGGERS, CarePathway
-from workflow.states.rules import RuleContext, RuleViolation
+from workflow.states.rules import NotYetKnown, RuleContext, RuleViolation
 from workflow.timers import SUBSCRIPTION_END, timer_id
 
 PAID_UNTIL = "2026-12-01"
@@ -70,6 +71,15 @@ def event_variants() -> list[CloudEvent]:
         j.deadline("t-1"),
         j.deadline(timer_id("c-1", SUBSCRIPTION_END, PAID_UNTIL)),
         j.event("operations.task_completed", {"task_id": "t-1", "by_role": "billing"}),
+        j.event("operations.task_claimed", {"task_id": "t-1", "by_role": "billing"}),
+        j.event(
+            "operations.task_cancelled",
+            {"task_id": "t-1", "reason": "not_applicable", "by_role": "billing"},
+        ),
+        j.event(
+            "operations.task_reassigned",
+            {"task_id": "t-1", "to_role": "clinician", "by_role": "billing"},
+        ),
     ]
     return [_event(item) for item in raw]
 
@@ -114,8 +124,11 @@ def machine_decision(client: ClientSnapshot, event: CloudEvent) -> tuple[str, An
         machine = CarePathway(start_value=client.state)
         try:
             machine.send(TRIGGERS[event.type], ctx=ctx)
+        except NotYetKnown as unknown:
+            return ("not_yet_known", tuple(r.code for r in unknown.reasons))
         except RuleViolation as violation:
-            return ("refused", tuple(r.code for r in violation.reasons))
+            kind = "refused" if violation.contradiction else "broke"
+            return (kind, tuple(r.code for r in violation.reasons))
         except TransitionNotAllowed:
             return ("not_allowed", None)
         return ("moved", machine.current_state_value)
@@ -124,10 +137,27 @@ def machine_decision(client: ClientSnapshot, event: CloudEvent) -> tuple[str, An
 def fast_decision(client: ClientSnapshot, event: CloudEvent) -> tuple[str, Any]:
     ctx = RuleContext(client, event, DEFAULT_POLICY)
     try:
-        chosen = select_transition(ctx, TRIGGERS[event.type])
+        chosen, broken = select_transition(ctx, TRIGGERS[event.type])
+    except NotYetKnown as unknown:
+        return ("not_yet_known", tuple(r.code for r in unknown.reasons))
     except RuleViolation as violation:
         return ("refused", tuple(r.code for r in violation.reasons))
-    return ("not_allowed", None) if chosen is None else ("moved", chosen.target)
+    if chosen is None:
+        return ("not_allowed", None)
+    if broken:
+        return ("broke", tuple(r.code for r in broken))
+    return ("moved", chosen.target)
+
+
+def machine_targets(state: str, event: CloudEvent) -> set[str]:
+    trigger = TRIGGERS[event.type]
+    return {
+        transition.target.id
+        for source in CarePathway.states
+        if source.id == state
+        for transition in source.transitions
+        if trigger in str(transition.event).split()
+    }
 
 
 STATES = [state.id for state in CarePathway.states]
@@ -137,20 +167,28 @@ STATES = [state.id for state in CarePathway.states]
 def test_fast_path_agrees_with_the_machine_in_every_state(state: str) -> None:
     events = event_variants()
     checked = 0
-    for client in client_variants(state):
+    for variant in client_variants(state):
+        # Facts kept with their event times, as the engine keeps them (release 2026.11.4).
+        client = to_timeline(variant)
         for event in events:
             machine = machine_decision(client, event)
             fast = fast_decision(client, event)
             if machine[0] == "not_allowed":
-                # No transition from here: the engine may still name the rule it breaks
-                # (SPEC §3: a rule-breaking event is rejected at once, never parked).
+                # No transition from here: the engine may still name a contradiction
+                # (SPEC §3: what cannot be a fact about the client is rejected at once).
                 assert fast[0] in ("not_allowed", "refused"), (state, event.type, fast)
             else:
+                # A protocol rule broken ("broke"): the machine refuses the transition, the
+                # engine records it as a deviation — with the same rules named.
                 assert fast == machine, (state, event.type, client)
             engine = apply(client, event)
-            assert engine.accepted == (machine[0] == "moved"), (state, event.type)
-            if engine.accepted:
-                assert engine.to_state == machine[1]
+            if machine[0] == "moved":
+                assert engine.recorded and engine.to_state == machine[1], (state, event.type)
+            if machine[0] == "broke":
+                assert engine.outcome == "deviation", (state, event.type, engine.reasons)
+                assert engine.to_state in machine_targets(state, event)
+            if machine[0] == "refused":
+                assert engine.outcome == "rejected", (state, event.type)
             checked += 1
     assert checked == len(client_variants(state)) * len(events)
 

@@ -24,6 +24,12 @@ from kapflow.store import open_store
 from workflow.client import ClientSnapshot
 
 ACCEPTED_DOSINGS: list[int] = []
+NEVER_CANCELLED = {
+    "notify-prescriber-adverse-event",
+    "safety-follow-up-release",
+    "review-protocol-deviation",
+    "bill-private-time",
+}
 SESSIONS = st.sampled_from(["s-1", "s-2", "s-3"])
 PRESCRIBERS = st.sampled_from(["journey_clinical", "joyous"])
 
@@ -47,10 +53,14 @@ class RandomCareJourneys(RuleBasedStateMachine):
     def send(self, event: dict) -> None:  # type: ignore[type-arg]
         before = self.before()
         result = self.clinic.last(event)
-        assert result.outcome in {"accepted", "rejected", "parked", "duplicate"}
+        assert result.outcome in {"accepted", "deviation", "rejected", "parked", "duplicate"}
         after = self.before()
         if result.outcome in ("rejected", "duplicate"):
-            assert after.state == before.state and after.seq == before.seq
+            # Nothing of its own is recorded; only parked facts whose window ended meanwhile.
+            since = self.store.history("c-1")[before.seq :]
+            assert all("PREMATURE_EXPIRED" in entry.outcome for entry in since)
+            if not since:
+                assert after.state == before.state
         self.check_new_dosings(before.seq)
 
     def check_new_dosings(self, seen: int) -> None:
@@ -58,6 +68,17 @@ class RandomCareJourneys(RuleBasedStateMachine):
         applied: rebuild the client as it stood just before it and check the rules."""
         history = self.store.history("c-1")
         for entry in history[seen:]:
+            outcome = json.loads(entry.outcome)
+            # No safety duty (R10, R11), deviation review or bill is ever cancelled.
+            for change in outcome["tasks"]:
+                if change["change"] == "closed" and change["task"]["status"] == "cancelled":
+                    assert change["task"]["code"] not in NEVER_CANCELLED, entry.type
+            if outcome.get("outcome") == "deviation":
+                # A fact of care that broke a rule: recorded, the rules named, reviewed.
+                assert outcome["deviations"]
+                opened = [c["task"]["code"] for c in outcome["tasks"] if c["change"] == "opened"]
+                assert "review-protocol-deviation" in opened
+                continue
             if entry.type != "clinician.dosing_started":
                 continue
             before = replay(history[: entry.seq - 1], "c-1").client
@@ -206,10 +227,23 @@ class RandomCareJourneys(RuleBasedStateMachine):
         self.journey.now += timedelta(days=days)
 
     @invariant()
-    def doses_never_exceed_what_was_authorised(self) -> None:
+    def doses_beyond_the_package_are_always_flagged_r9(self) -> None:
         client = self.before()
-        if client.pathway == "high_dose":
-            assert client.doses_used <= client.doses_authorized
+        if client.pathway == "high_dose" and client.doses_used > client.doses_authorized:
+            # Only a dosing recorded as an R9 deviation goes beyond the package.
+            history = self.store.history("c-1")
+            assert any('"code":"R9"' in entry.outcome for entry in history)
+
+    @invariant()
+    def every_unresolved_deviation_has_its_review_open_until_someone_closes_it(self) -> None:
+        client = self.before()
+        open_reviews = {
+            task.id
+            for task in client.open_tasks.values()
+            if task.code == "review-protocol-deviation"
+        }
+        for dosing in client.open_deviations:
+            assert dosing["review"] in open_reviews
 
     @invariant()
     def replay_of_the_history_equals_the_live_result(self) -> None:

@@ -108,19 +108,18 @@ def test_prescriber_not_clearing_makes_the_client_ineligible(clinic: Clinic) -> 
     assert clinic.client().reasons == ["R5"]
 
 
-def test_no_dosing_without_medical_clearance(clinic: Clinic) -> None:
-    from datetime import timedelta
-
-    from kapflow.service.clock import tick
-
+def test_a_dosing_without_medical_clearance_is_recorded_as_a_stat_deviation(
+    clinic: Clinic,
+) -> None:
     j = Journey()
     clinic.send(*j.to_assessed())
-    # The prescriber's clearance may simply not have arrived yet: held, not applied.
+    # The client was dosed: kapflow records it (state follows what happened) and flags R5.
     result = clinic.last(j.dosing_started("s-1"))
-    assert (result.outcome, result.state) == ("parked", "assessed")
-    [expired] = tick(clinic.service, j.now + timedelta(hours=73)).expired_parked
-    assert expired.outcome == "rejected"
-    assert clinic.client().state == "assessed" and clinic.client().dosing_sessions == 0
+    assert (result.outcome, result.state) == ("deviation", "dosed")
+    assert "R5" in codes(result)
+    [review] = clinic.open_tasks("review-protocol-deviation")
+    assert review["priority"] == "stat" and review["owner"] == "clinician"
+    assert "abstinence-reminder-after-dosing" in clinic.open_codes()
 
 
 def test_no_dosing_after_the_clearance_expired(clinic: Clinic) -> None:
@@ -128,7 +127,7 @@ def test_no_dosing_after_the_clearance_expired(clinic: Clinic) -> None:
     clinic.send(*j.to_prepared(valid_until="2026-01-06"))
     j.now = j.now.replace(month=3)
     result = clinic.last(j.dosing_started("s-1"))
-    assert (result.outcome, codes(result)) == ("rejected", ["R5"])
+    assert (result.outcome, codes(result)) == ("deviation", ["R5"])
 
 
 def test_dosing_on_another_pathway_than_cleared_is_rejected(clinic: Clinic) -> None:
@@ -156,11 +155,13 @@ def test_only_the_clearing_prescriber_can_renew(clinic: Clinic) -> None:
 # R6: preparation ------------------------------------------------------------------------------
 
 
-def test_no_dosing_without_a_preparatory_session(clinic: Clinic) -> None:
+def test_a_dosing_without_a_preparatory_session_is_a_deviation(clinic: Clinic) -> None:
     j = Journey()
     clinic.send(*j.to_cleared())
     result = clinic.last(j.dosing_started("s-1"))
-    assert (result.outcome, codes(result)) == ("rejected", ["R6"])
+    assert (result.outcome, codes(result), result.state) == ("deviation", ["R6"], "dosed")
+    [review] = clinic.open_tasks("review-protocol-deviation")
+    assert review["priority"] == "urgent"
 
 
 def test_one_preparatory_session_marked_ready_allows_dosing(clinic: Clinic) -> None:
@@ -190,17 +191,30 @@ def test_a_fourth_preparatory_session_is_accepted_but_reviewed(clinic: Clinic) -
 # R7: chaperone and abstinence -------------------------------------------------------------
 
 
-def test_dosing_without_a_chaperone_is_rejected_under_r7(clinic: Clinic) -> None:
+def test_a_dosing_without_a_chaperone_is_recorded_as_an_r7_deviation(clinic: Clinic) -> None:
+    j = Journey()
+    clinic.send(*j.to_prepared(), j.booking("dosing", "d-1"))
+    result = clinic.last(j.dosing_started("s-1", chaperone=False))
+    assert (result.outcome, codes(result), result.state) == ("deviation", ["R7"], "dosed")
+    # The usual duties still open; the dosing task is done.
+    assert "abstinence-reminder-after-dosing" in clinic.open_codes()
+    assert "schedule-dosing" not in clinic.open_codes()
+    [review] = clinic.open_tasks("review-protocol-deviation")
+    assert "R7" in review["note"]
+
+
+def test_a_dosing_with_a_chaperone_is_accepted_without_review(clinic: Clinic) -> None:
     j = Journey()
     clinic.send(*j.to_prepared())
-    result = clinic.last(j.dosing_started("s-1", chaperone=False))
-    assert (result.outcome, codes(result), result.state) == ("rejected", ["R7"], "prepared")
+    assert clinic.last(j.dosing_started("s-1")).outcome == "accepted"
+    assert clinic.open_tasks("review-protocol-deviation") == []
 
 
 def test_dosing_without_abstinence_attestation_is_rejected_under_r7(clinic: Clinic) -> None:
     j = Journey()
     clinic.send(*j.to_prepared())
-    assert codes(clinic.last(j.dosing_started("s-1", abstinence=False))) == ["R7"]
+    result = clinic.last(j.dosing_started("s-1", abstinence=False))
+    assert (result.outcome, codes(result)) == ("deviation", ["R7"])
 
 
 def test_booking_a_dosing_asks_for_a_chaperone_until_one_is_confirmed(clinic: Clinic) -> None:
@@ -224,9 +238,16 @@ def test_second_dose_needs_integration_first(clinic: Clinic) -> None:
     j = Journey()
     clinic.send(*j.to_prepared(), *j.dosing("s-1"))
     result = clinic.last(j.dosing_started("s-2"))
-    assert (result.outcome, codes(result)) == ("rejected", ["R8"])
-    clinic.send(j.integration("s-1"))
-    assert clinic.last(j.dosing_started("s-2")).state == "dosed"
+    assert (result.outcome, codes(result), result.state) == ("deviation", ["R8"], "dosed")
+    clinic.send(j.integration("s-2"))
+    assert clinic.last(j.dosing_started("s-3")).outcome == "deviation"  # s-1 still owed
+
+
+def test_a_second_dose_after_integration_is_accepted(clinic: Clinic) -> None:
+    j = Journey()
+    clinic.send(*j.to_prepared(), *j.dosing("s-1"), j.integration("s-1"))
+    result = clinic.last(j.dosing_started("s-2"))
+    assert (result.outcome, result.state) == ("accepted", "dosed")
 
 
 def test_dosing_opens_an_integration_task_that_integration_closes(clinic: Clinic) -> None:
@@ -237,18 +258,33 @@ def test_dosing_opens_an_integration_task_that_integration_closes(clinic: Clinic
     assert "schedule-integration" not in clinic.open_codes()
 
 
-def test_integration_must_name_the_latest_dosing_session(clinic: Clinic) -> None:
+def test_an_integration_of_a_dosing_not_yet_heard_of_is_parked(clinic: Clinic) -> None:
     j = Journey()
     clinic.send(*j.to_prepared(), *j.dosing("s-1"))
-    assert codes(clinic.last(j.integration("s-0"))) == ["SESSION_MISMATCH"]
+    result = clinic.last(j.integration("s-0"))
+    assert (result.outcome, codes(result)) == ("parked", ["SESSION_NOT_STARTED"])
+
+
+def test_completing_a_session_never_started_while_another_runs_is_rejected(
+    clinic: Clinic,
+) -> None:
+    j = Journey()
+    clinic.send(*j.to_prepared(), j.dosing_started("s-1"))
+    result = clinic.last(j.dosing_completed("s-2"))
+    assert (result.outcome, codes(result)) == ("rejected", ["SESSION_MISMATCH"])
 
 
 def test_course_cannot_close_while_integration_is_owed(clinic: Clinic) -> None:
     j = Journey()
     clinic.send(*j.to_prepared(), *j.dosing("s-1"))
-    assert codes(clinic.last(j.course_completed())) == ["R8"]
-    clinic.send(j.integration("s-1"))
-    assert clinic.last(j.course_completed()).state == "completed"
+    result = clinic.last(j.course_completed())
+    assert (result.outcome, codes(result), result.state) == ("deviation", ["R8"], "completed")
+
+
+def test_a_course_closed_after_integration_is_accepted(clinic: Clinic) -> None:
+    j = Journey()
+    clinic.send(*j.to_prepared(), *j.dosing("s-1"), j.integration("s-1"))
+    assert clinic.last(j.course_completed()).outcome == "accepted"
 
 
 # R9: medication covered by the package or the subscription ---------------------------------
@@ -260,10 +296,16 @@ def test_high_dose_package_covers_two_dosings_then_needs_renewal(clinic: Clinic)
     assert "renew-high-dose-package" in clinic.open_codes()
     clinic.send(j.integration("s-2"))
     result = clinic.last(j.dosing_started("s-3"))
-    assert (result.outcome, codes(result)) == ("rejected", ["R9"])
-    clinic.send(j.renewal())
+    assert (result.outcome, codes(result)) == ("deviation", ["R9"])
+
+
+def test_a_renewed_package_covers_the_third_dosing(clinic: Clinic) -> None:
+    j = Journey()
+    clinic.send(*j.to_prepared(), *j.dosing("s-1"), j.integration("s-1"), *j.dosing("s-2"))
+    clinic.send(j.integration("s-2"), j.renewal())
     assert "renew-high-dose-package" not in clinic.open_codes()
-    assert clinic.last(j.dosing_started("s-3")).state == "dosed"
+    result = clinic.last(j.dosing_started("s-3"))
+    assert (result.outcome, result.state) == ("accepted", "dosed")
 
 
 def test_low_dose_dosing_needs_an_active_subscription(clinic: Clinic) -> None:
@@ -272,9 +314,18 @@ def test_low_dose_dosing_needs_an_active_subscription(clinic: Clinic) -> None:
     assert clinic.last(j.lapse()).state == "on_hold"
     assert clinic.client().reasons == ["R9"]
     clinic.send(j.release())
-    assert codes(clinic.last(j.dosing_started("s-1", pathway="low_dose"))) == ["R9"]
-    clinic.send(j.renewal("joyous"))
-    assert clinic.last(j.dosing_started("s-1", pathway="low_dose")).state == "dosed"
+    result = clinic.last(j.dosing_started("s-1", pathway="low_dose"))
+    assert (result.outcome, codes(result)) == ("deviation", ["R9"])
+
+
+def test_a_subscription_renewal_releases_a_hold_placed_only_for_its_lapse(
+    clinic: Clinic,
+) -> None:
+    j = Journey()
+    clinic.send(*j.to_prepared("joyous"), j.lapse())
+    assert clinic.last(j.renewal("joyous")).state == "prepared"
+    result = clinic.last(j.dosing_started("s-1", pathway="low_dose"))
+    assert (result.outcome, result.state) == ("accepted", "dosed")
 
 
 def test_a_high_dose_client_has_no_subscription_to_lapse(clinic: Clinic) -> None:
@@ -308,11 +359,14 @@ def test_severe_adverse_event_holds_the_client_until_released(clinic: Clinic) ->
     assert clinic.last(j.release()).state == "dosed"  # back where the client was
 
 
-def test_client_on_hold_is_not_dosed(clinic: Clinic) -> None:
+def test_a_dosing_during_a_hold_is_a_stat_deviation_and_the_hold_stays(clinic: Clinic) -> None:
     j = Journey()
     clinic.send(*j.to_prepared(), j.hold())
     result = clinic.last(j.dosing_started("s-1"))
-    assert (result.outcome, codes(result)) == ("rejected", ["ON_HOLD"])
+    assert (result.outcome, codes(result), result.state) == ("deviation", ["ON_HOLD"], "on_hold")
+    [review] = clinic.open_tasks("review-protocol-deviation")
+    assert review["priority"] == "stat"
+    assert clinic.last(j.release()).state == "dosed"  # the client was dosed meanwhile
 
 
 def test_hold_release_returns_each_state_it_was_placed_from(clinic: Clinic) -> None:

@@ -39,10 +39,10 @@ def test_a_rejected_event_sent_again_is_a_duplicate_not_a_second_rejection(
     store_clinic: Clinic,
 ) -> None:
     j = Journey()
-    store_clinic.send(*j.to_prepared())
-    unsafe = j.dosing_started("s-1", chaperone=False)
-    assert store_clinic.last(unsafe).outcome == "rejected"
-    assert store_clinic.last(unsafe).outcome == "duplicate"
+    store_clinic.send(*j.to_assessed())
+    contradiction = j.evaluation("joyous", pathway="high_dose")  # Joyous offers low dose only
+    assert store_clinic.last(contradiction).outcome == "rejected"
+    assert store_clinic.last(contradiction).outcome == "duplicate"
     assert len(store_clinic.store.rejections()) == 1
 
 
@@ -171,7 +171,9 @@ def test_early_evaluation_is_parked_then_applied_after_the_assessment(store_clin
     assert verify(store_clinic.store).ok
 
 
-def test_a_parked_event_still_premature_after_the_window_is_rejected(store_clinic: Clinic) -> None:
+def test_a_parked_event_still_premature_after_the_window_is_recorded_as_a_deviation(
+    store_clinic: Clinic,
+) -> None:
     from datetime import timedelta
 
     j = Journey()
@@ -181,9 +183,9 @@ def test_a_parked_event_still_premature_after_the_window_is_rejected(store_clini
     j.now += timedelta(hours=80)
     store_clinic.send(j.booking("assessment", "a-1"))
     assert store_clinic.store.parked_events("c-1") == []
-    [(_, record)] = store_clinic.store.rejections()
-    assert record.event_id == early["id"]
-    assert "PREMATURE_EXPIRED" in record.reasons
+    assert store_clinic.store.rejections() == []
+    recorded = [e for e in store_clinic.store.history("c-1") if e.event_id == early["id"]]
+    assert len(recorded) == 1 and "PREMATURE_EXPIRED" in recorded[0].outcome
 
 
 def test_a_rule_breaking_event_is_rejected_at_once_never_parked(store_clinic: Clinic) -> None:

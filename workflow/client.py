@@ -7,6 +7,7 @@ it works on a `copy()` and returns the new one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from workflow.tasks import Task
@@ -48,6 +49,19 @@ class ClientSnapshot:
     chaperones_confirmed: list[str] = field(default_factory=list)
     parked: int = 0
     open_tasks: dict[str, Task] = field(default_factory=dict)
+    # Facts with their own event times (release 2026.11.4 on), so that rules are judged
+    # on the facts as they stood at an event's time, whatever order the messages came in.
+    timeline: bool = False
+    # Each medical clearance or renewal: {"at": time, "until": date, "doses": int | None}.
+    authorisations: list[dict[str, Any]] = field(default_factory=list)
+    revocations: list[str] = field(default_factory=list)  # times clearance was revoked
+    lapses: list[str] = field(default_factory=list)  # times a subscription lapsed
+    preparations: list[list[Any]] = field(default_factory=list)  # [time, ready_for_dosing]
+    # Each dosing: {"session", "at", "source", "event_id", "integrated_at", "rules"} where
+    # "rules" are the rule ids it broke that are still unresolved.
+    dosings: list[dict[str, Any]] = field(default_factory=list)
+    hold_since: str | None = None  # time the current hold began
+    exited_at: str | None = None  # time of withdrawal, completion or ineligibility
 
     @property
     def doses_remaining(self) -> int | None:
@@ -65,37 +79,23 @@ class ClientSnapshot:
         return []
 
     def copy(self) -> ClientSnapshot:
-        # Written out field by field: this runs once per event on the hot path.
-        return ClientSnapshot(
-            client_id=self.client_id,
-            state=self.state,
-            seq=self.seq,
-            last_hash=self.last_hash,
-            last_event_time=self.last_event_time,
-            last_activity_time=self.last_activity_time,
-            held_from=self.held_from,
-            prescriber=self.prescriber,
-            pathway=self.pathway,
-            clearance_valid_until=self.clearance_valid_until,
-            clearance_revoked=self.clearance_revoked,
-            doses_authorized=self.doses_authorized,
-            doses_used=self.doses_used,
-            subscription_active=self.subscription_active,
-            subscription_paid_until=self.subscription_paid_until,
-            insurance_used=self.insurance_used,
-            preparation_sessions=self.preparation_sessions,
-            ready_for_dosing=self.ready_for_dosing,
-            dosing_sessions=self.dosing_sessions,
-            current_dosing_session=self.current_dosing_session,
-            dosing_completed=self.dosing_completed,
-            awaiting_integration=self.awaiting_integration,
-            no_shows=self.no_shows,
-            parked=self.parked,
-            hold_reasons=list(self.hold_reasons),
-            ineligible_reasons=list(self.ineligible_reasons),
-            chaperones_confirmed=list(self.chaperones_confirmed),
-            open_tasks=dict(self.open_tasks),
-        )
+        # Runs once per event on the hot path: every field positionally (the fastest way to
+        # build a dataclass here), then fresh copies of the containers handlers change in
+        # place. Timeline lists are never changed in place (handlers assign new ones).
+        snapshot = ClientSnapshot(*_ALL_FIELDS(self))
+        snapshot.hold_reasons = list(self.hold_reasons)
+        snapshot.ineligible_reasons = list(self.ineligible_reasons)
+        snapshot.chaperones_confirmed = list(self.chaperones_confirmed)
+        snapshot.open_tasks = dict(self.open_tasks)
+        return snapshot
+
+    def dosing(self, session: str) -> dict[str, Any] | None:
+        return next((d for d in self.dosings if d["session"] == session), None)
+
+    @property
+    def open_deviations(self) -> list[dict[str, Any]]:
+        """Recorded dosings whose protocol deviation is not yet resolved."""
+        return [d for d in self.dosings if d["rules"]]
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in _FIELDS if f.name != "open_tasks"}
@@ -129,6 +129,10 @@ class ClientSnapshot:
             "reasons": self.reasons,
             "parked_events": self.parked,
             "last_event_time": self.last_event_time,
+            "open_deviations": [
+                {"session_id": d["session"], "occurred_at": d["at"], "rules": list(d["rules"])}
+                for d in self.open_deviations
+            ],
             "open_tasks": sorted(
                 (task.as_dict() for task in self.open_tasks.values()),
                 key=lambda t: (t["due"], t["id"]),
@@ -137,3 +141,4 @@ class ClientSnapshot:
 
 
 _FIELDS = fields(ClientSnapshot)
+_ALL_FIELDS = attrgetter(*(f.name for f in _FIELDS))

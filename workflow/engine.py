@@ -1,8 +1,14 @@
 """The engine: `apply(client, event) → Outcome`, pure and deterministic.
 
-The outcome depends only on the client snapshot, the event and the policy: no clock,
-no randomness, no process state. The same function applies an event the first time,
-on a retry of a parked event, on replay and in `kapflow verify`.
+The outcome depends only on the client snapshot, the event, the policy and the pathway
+release: no clock, no randomness, no process state. The same function applies an event the
+first time, on a retry of a parked event, on replay and in `kapflow verify`.
+
+Events are facts (SPEC §3). A fact of care that breaks a rule is still recorded — the
+state follows what happened and the usual tasks open — as a *deviation* naming the rules,
+with a review task for a person. Only what cannot be a fact about this client (a
+contradiction of settled facts) is rejected; what refers to a fact not heard of yet is
+parked.
 """
 
 from __future__ import annotations
@@ -12,97 +18,190 @@ from dataclasses import dataclass
 from events.envelope import CloudEvent
 from events.registry import Reason
 from workflow.client import ClientSnapshot
-from workflow.handlers import HANDLERS, Effects, TaskChange
+from workflow.deviations import LATE_FACTS, open_deviation_review, rejudge_dosings, to_timeline
+from workflow.handlers import HANDLERS, Effects, TaskEffect
 from workflow.policy import DEFAULT_POLICY, CarePolicy
+from workflow.releases import CURRENT_RELEASE, PathwayRelease
 from workflow.states.compiled import (
     ANY_STATE_VALIDATORS,
     TRANSITIONS,
     CompiledTransition,
+    forced_target,
     is_premature,
 )
-from workflow.states.pathway import PATHWAY_VERSION, TRIGGERS
-from workflow.states.rules import RuleContext, RuleViolation
+from workflow.states.pathway import TRIGGERS
+from workflow.states.rules import NOT_IN_CARE, NotYetKnown, RuleContext, RuleViolation
+from workflow.tasks import iso
 
 ACCEPTED = "accepted"
+DEVIATION = "deviation"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
 PARKED = "parked"
+RECORDED = frozenset({ACCEPTED, DEVIATION})  # outcomes that append to the history
 
 
 @dataclass(slots=True)  # a value: never mutated after construction
 class Outcome:
     outcome: str
-    reasons: tuple[Reason, ...]
-    client: ClientSnapshot  # the client after the event (unchanged unless accepted)
+    reasons: tuple[Reason, ...]  # why rejected or parked, or the rules a deviation broke
+    client: ClientSnapshot  # the client after the event (unchanged unless recorded)
     from_state: str
     to_state: str
-    task_changes: tuple[TaskChange, ...] = ()
-    pathway_version: str = PATHWAY_VERSION
+    task_changes: tuple[TaskEffect, ...] = ()
+    pathway_version: str = CURRENT_RELEASE.version
+    # Earlier deviations this fact resolved or revealed (a late fact re-judges them).
+    rejudged: tuple[dict[str, object], ...] = ()
 
     @property
-    def accepted(self) -> bool:
-        return self.outcome == ACCEPTED
+    def recorded(self) -> bool:
+        return self.outcome in RECORDED
 
     def record(self) -> dict[str, object]:
-        """The part of an accepted outcome that history keeps and `verify` recomputes."""
-        return {
+        """What history keeps of a recorded outcome and `verify` recomputes."""
+        record: dict[str, object] = {
             "from_state": self.from_state,
             "to_state": self.to_state,
             "tasks": [change.as_dict() for change in self.task_changes],
             "reasons": self.client.reasons,
         }
+        if self.outcome == DEVIATION:
+            record["outcome"] = DEVIATION
+            record["deviations"] = [reason.as_dict() for reason in self.reasons]
+        if self.rejudged:
+            record["rejudged"] = list(self.rejudged)
+        return record
+
+
+EXPIRED = "PREMATURE_EXPIRED"
+
+
+def recorded_after_expiry(record: dict[str, object]) -> bool:
+    """A history entry of a fact recorded when its parking window ended: replay and verify
+    apply it the same way (`apply(..., expired=True)`)."""
+    deviations = record.get("deviations")
+    if not isinstance(deviations, list):
+        return False
+    return any(reason.get("code") == EXPIRED for reason in deviations)
 
 
 def _refused(client: ClientSnapshot, outcome: str, reasons: tuple[Reason, ...]) -> Outcome:
     return Outcome(outcome, reasons, client, client.state, client.state)
 
 
-def select_transition(ctx: RuleContext, trigger: str) -> CompiledTransition | None:
-    """The transition the pathway takes, as python-statemachine would choose it.
+def select_transition(
+    ctx: RuleContext, trigger: str
+) -> tuple[CompiledTransition | None, tuple[Reason, ...]]:
+    """The transition the pathway takes, as python-statemachine would choose it, and the
+    protocol rules the event broke on the way (a deviation, when the release records them).
 
-    Raises RuleViolation when a validator refuses the event.
+    Raises RuleViolation when the event cannot be recorded (a contradiction, or any broken
+    rule under a release that rejected rule breaks); NotYetKnown when it refers to a fact
+    not heard of yet.
     """
+    records_deviations = ctx.release.records_deviations
     options = TRANSITIONS.get((ctx.client.state, trigger))
     if options is None:
         for validate in ANY_STATE_VALIDATORS.get(trigger, ()):
-            validate(ctx)
-        return None
+            try:
+                validate(ctx)
+            except RuleViolation as violation:
+                if violation.contradiction or not records_deviations:
+                    raise
+        return None, ()
     for option in options:
-        for validate in option.validators:
-            validate(ctx)
+        broken: tuple[Reason, ...] = ()
+        try:
+            for validate in option.validators:
+                validate(ctx)
+        except RuleViolation as violation:
+            if violation.contradiction or not records_deviations:
+                raise
+            broken = violation.reasons
         if option.selected(ctx):
-            return option
-    return None
+            return option, broken
+    return None, ()
 
 
 def apply(
-    client: ClientSnapshot, event: CloudEvent, policy: CarePolicy = DEFAULT_POLICY
+    client: ClientSnapshot,
+    event: CloudEvent,
+    policy: CarePolicy = DEFAULT_POLICY,
+    release: PathwayRelease = CURRENT_RELEASE,
+    *,
+    expired: bool = False,
 ) -> Outcome:
+    """Apply one event. `expired`: a parked fact still premature after the parking window,
+    which is now recorded as it happened (a deviation), never dropped."""
+    if release.judges_at_event_time and not client.timeline:
+        client = to_timeline(client)
     trigger = TRIGGERS[event.type]
-    ctx = RuleContext(client, event, policy)
+    at = iso(event.time)
+    ctx = RuleContext(client, event, policy, release, at)
     try:
-        chosen = select_transition(ctx, trigger)
+        chosen, broken = select_transition(ctx, trigger)
+    except NotYetKnown as unknown:
+        if not expired:
+            return _refused(client, PARKED, unknown.reasons)
+        chosen, broken = None, unknown.reasons
     except RuleViolation as violation:
         return _refused(client, REJECTED, violation.reasons)
-    if chosen is None:
-        if is_premature(client.state, client.held_from, trigger):
+    target = chosen.target if chosen is not None else None
+    if target is None:
+        premature = is_premature(client.state, client.held_from, trigger)
+        if premature and not expired:
             reason = Reason("PREMATURE", f"not yet possible in state {client.state}")
             return _refused(client, PARKED, (reason,))
-        reason = Reason(
-            "ILLEGAL_TRANSITION", f"{event.type} is not allowed in state {client.state}"
+        if not (expired and release.records_deviations):
+            reason = Reason(
+                "ILLEGAL_TRANSITION", f"{event.type} is not allowed in state {client.state}"
+            )
+            return _refused(client, REJECTED, (reason,))
+        target = forced_target(ctx, trigger)
+    if expired:
+        hours = int(policy.parking_window.total_seconds() // 3600)
+        broken = (
+            Reason(EXPIRED, f"still premature {hours} h after it happened"),
+            *broken,
         )
-        return _refused(client, REJECTED, (reason,))
 
+    if client.timeline and client.state in NOT_IN_CARE and (client.exited_at or "") > at:
+        target = client.state  # it happened before the client left care: they stay out
     after = client.copy()
-    after.state = chosen.target
-    if chosen.target == "on_hold" and client.state != "on_hold":
+    after.state = target
+    if after.timeline:
+        if target == "on_hold" and client.state != "on_hold":
+            after.hold_since = at
+        if target in NOT_IN_CARE and client.state not in NOT_IN_CARE:
+            after.exited_at = at
+    if target == "on_hold" and client.state != "on_hold":
         after.held_from = client.state
-    elif client.state == "on_hold" and chosen.target != "on_hold":
+    elif client.state == "on_hold" and target != "on_hold":
         after.held_from = None
-    effects = Effects(event=event, before=client, after=after, policy=policy, target=chosen.target)
+    effects = Effects(
+        event=event,
+        before=client,
+        after=after,
+        policy=policy,
+        target=target,
+        release=release,
+        at=at,
+    )
     HANDLERS[event.type](effects)
+    if broken:
+        open_deviation_review(effects, broken)
+    rejudged = rejudge_dosings(effects) if event.type in LATE_FACTS and after.timeline else ()
     after.seq = client.seq + 1
     after.last_event_time = effects.at
     if not event.type.startswith("system."):
         after.last_activity_time = effects.at
-    return Outcome(ACCEPTED, (), after, client.state, chosen.target, tuple(effects.task_changes))
+    return Outcome(
+        DEVIATION if broken else ACCEPTED,
+        broken,
+        after,
+        client.state,
+        target,
+        tuple(effects.task_changes),
+        release.version,
+        rejudged,
+    )

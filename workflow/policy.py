@@ -31,6 +31,10 @@ class CarePolicy:
     # Seed: released only to the chaperone; a missed release is followed up the same hour.
     safety_follow_up_within: timedelta = timedelta(hours=1)
     hold_review_within: timedelta = timedelta(days=1)
+    # SPEC §3: a protocol deviation is reviewed by a person; stat ones (R3–R5, dosing on
+    # hold) the same half-day.
+    deviation_review_within: timedelta = timedelta(days=1)
+    stat_deviation_review_within: timedelta = timedelta(hours=4)
     clinical_review_within: timedelta = timedelta(days=3)
     reschedule_within: timedelta = timedelta(days=2)
     renewal_within: timedelta = timedelta(days=7)

@@ -10,7 +10,9 @@ import hashlib
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
+
+from events.operations import TaskOwner
 
 _TASK_NAMESPACE = uuid.UUID("6f1c9a3e-2b7d-5c41-9e0a-4b8d2f7e1a55")
 _NAMESPACE_BYTES = _TASK_NAMESPACE.bytes
@@ -20,13 +22,14 @@ PRIORITY_ORDER = ("routine", "urgent", "asap", "stat")
 
 
 class Owner:
-    """Roles that own tasks (plain constants: read on every task, so no enum lookups)."""
+    """Names for the roles that own tasks (`events.operations.TaskOwner`, the one list;
+    plain constants: read on every task, so no enum lookups)."""
 
-    SCHEDULER = "scheduler"
-    CLINICIAN = "clinician"
-    BILLING = "billing"
-    PRESCRIBER_LIAISON = "prescriber_liaison"
-    CLIENT = "client"
+    SCHEDULER: Final[TaskOwner] = "scheduler"
+    CLINICIAN: Final[TaskOwner] = "clinician"
+    BILLING: Final[TaskOwner] = "billing"
+    PRESCRIBER_LIAISON: Final[TaskOwner] = "prescriber_liaison"
+    CLIENT: Final[TaskOwner] = "client"
 
 
 class TaskCode:
@@ -52,6 +55,7 @@ class TaskCode:
     SUPERVISE_OVERDUE_TASK = "supervise-overdue-task"
     RENEW_MEDICAL_CLEARANCE = "renew-medical-clearance"
     FOLLOW_UP_INACTIVE_CLIENT = "follow-up-inactive-client"
+    REVIEW_PROTOCOL_DEVIATION = "review-protocol-deviation"
 
 
 # What each code means to the person who owns it (FHIR Task.description).
@@ -79,6 +83,8 @@ DESCRIPTIONS: dict[str, str] = {
     TaskCode.SUPERVISE_OVERDUE_TASK: "Supervisor: a task is overdue; see that it is done",
     TaskCode.RENEW_MEDICAL_CLEARANCE: "Renew the medical clearance before it expires",
     TaskCode.FOLLOW_UP_INACTIVE_CLIENT: "Follow up: no activity for 90 days",
+    TaskCode.REVIEW_PROTOCOL_DEVIATION: "Review a protocol deviation: a fact of care that "
+    "broke a rule of the programme",
 }
 
 
@@ -134,6 +140,14 @@ class Task:
 
     def with_priority(self, priority: str, at: str) -> Task:
         return replace(self, priority=priority, last_modified=at)
+
+    def revised(self, *, at: str, priority: str | None = None, note: str | None = None) -> Task:
+        return replace(
+            self,
+            priority=priority or self.priority,
+            note=self.note if note is None else note,
+            last_modified=at,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The FHIR-Task-shaped object (SPEC §4); optional fields only when set."""

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from workflow.engine import ACCEPTED, DEVIATION, DUPLICATE, PARKED, REJECTED
+
 SCHEDULING = "urn:qmts:scheduling"
 CLINICAL_RECORD = "urn:qmts:clinical-record"
 JOURNEY_CLINICAL = "urn:journey-clinical:integration"
@@ -49,14 +51,13 @@ DEFAULT_START = datetime(2026, 1, 5, 9, tzinfo=UTC)
 # New clients enquire over this many days; the stream stops after OBSERVATION_DAYS.
 INTAKE_DAYS = 165
 OBSERVATION_DAYS = 180
-# Events per client, measured with the default seed and start (20.05 for 2,500 clients;
+# Events per client, measured with the default seed and start (20.93 for 2,500 clients;
 # small cohorts vary by about ±1). Change it when the profiles or rates above change.
-EVENTS_PER_CLIENT = 20.0
+EVENTS_PER_CLIENT = 21.0
 
-ACCEPTED = "accepted"
-PARKED = "parked"  # premature on arrival; applied once the event it waited for arrives
-REJECTED = "rejected"
-DUPLICATE = "duplicate"
+# The outcomes a scripted event is expected to get: the engine's (workflow/engine.py).
+# PARKED: premature on arrival, applied once the event it waited for arrives; DEVIATION:
+# a fact of care that broke a rule, recorded and reviewed.
 
 # The client's storyline, drawn by weight. Complications (below) are layered on top.
 PROFILE_WEIGHTS: dict[str, int] = {
@@ -103,6 +104,16 @@ REASSESSMENT_RATE: dict[str, float] = {
     "not_cleared": 0.3,
 }
 WITHDRAW_WHEN_INELIGIBLE_RATE = 0.3
+SUBSCRIPTION_RENEWAL = timedelta(days=28)  # Joyous clients renew before a month runs out
+# After these, a Joyous client stops renewing (until a renewal is reported again).
+_SUBSCRIPTION_ENDS = frozenset(
+    {
+        "prescriber.subscription_lapsed",
+        "prescriber.clearance_revoked",
+        "scheduling.client_withdrew",
+        "clinician.course_completed",
+    }
+)
 
 # Deliberate faults and delivery quirks: a share of the cohort, at least one each.
 INCIDENT_SHARES: dict[str, float] = {
@@ -113,6 +124,10 @@ INCIDENT_SHARES: dict[str, float] = {
     "unknown_event_type": 0.01,  # UNKNOWN_TYPE
     "unknown_data_field": 0.01,  # SCHEMA
     "evaluation_before_assessment": 0.02,  # parked, then accepted
+    # Facts of care that break the protocol, recorded as deviations (SPEC §3):
+    "clearance_delivered_after_dosing": 0.012,  # R5+R6, resolved by the late clearance
+    "dosing_during_hold": 0.012,  # ON_HOLD (stat)
+    "dosing_start_never_delivered": 0.012,  # PREMATURE_EXPIRED: the completion is recorded
     "redelivered_event": 0.02,  # duplicate
 }
 # What the engine should report for the faulty event of each incident.
@@ -244,6 +259,7 @@ class _ClientStory:
         else:
             self._assess(screened_out_by=profile)
             self._after_ineligibility(profile)
+        self._renew_monthly()
         if self.incident == "redelivered_event":
             self._redeliver()
         return self._observed()
@@ -356,7 +372,18 @@ class _ClientStory:
             self._publish(source, "prescriber.evaluation_completed", wrong, reason="R5")
             self._tick(30, 180)  # the integration corrects and re-sends it
         if late_assessment is None:
-            self._publish(source, "prescriber.evaluation_completed", data)
+            late = (
+                self.incident == "clearance_delivered_after_dosing"
+                and cleared
+                and prescriber == "journey_clinical"
+            )
+            # The integration's message is held up for weeks: preparation is recorded, and
+            # the first dosing is an R5 deviation until the clearance (issued before it)
+            # arrives and resolves it.
+            published_at = self.now + timedelta(days=35) if late else None
+            self._publish(
+                source, "prescriber.evaluation_completed", data, published_at=published_at
+            )
             return cleared
         self._publish(source, "prescriber.evaluation_completed", data, awaits_next=True)
         evaluated_at = self.now
@@ -462,7 +489,7 @@ class _ClientStory:
         modality = "in_person" if pathway == "high_dose" else self._modality(0.6)
         without_chaperone = self.incident == "dosing_without_chaperone" and self.dosings == 1
         self._after_hours(1, 30)
-        appointment = self._attend("dosing", (5, 14), modality, chaperone=not without_chaperone)
+        self._attend("dosing", (5, 14), modality, chaperone=not without_chaperone)
         if pathway == "low_dose":
             self._keep_subscription_paid()
         started = {
@@ -473,15 +500,29 @@ class _ClientStory:
             "abstinence_attested": True,
             "modality": modality,
         }
-        if without_chaperone:
-            # R7: nobody confirmed to drive the client home; the session cannot start yet.
+        if self.incident == "dosing_during_hold" and self.dosings == 1:
+            # A clinician's hold is still on when the session goes ahead: stat review.
             self._record(
-                "clinician.dosing_started", {**started, "chaperone_confirmed": False}, reason="R7"
+                "clinician.hold_placed",
+                {"clinician_id": self.clinician_id, "reason": "pending_labs"},
             )
-            self._tick(15, 40)
-            self._confirm_chaperone(appointment)
-            self._tick(5, 15)
-        self._record("clinician.dosing_started", started)
+            self._tick(30, 90)
+            self._record("clinician.dosing_started", started, reason="ON_HOLD", deviation=True)
+            self._tick(5, 10)
+            self._release_hold("labs_reviewed")
+        elif self.incident == "dosing_start_never_delivered" and self.dosings == 1:
+            pass  # the record system lost the start; its completion waits, then is recorded
+        elif without_chaperone:
+            # R7: the session went ahead with nobody confirmed to drive the client home — a
+            # protocol deviation kapflow records and puts in front of the clinical lead.
+            self._record(
+                "clinician.dosing_started",
+                {**started, "chaperone_confirmed": False},
+                reason="R7",
+                deviation=True,
+            )
+        else:
+            self._record("clinician.dosing_started", started)
         if pathway == "high_dose":
             duration, active = self._between(120, 180), self._between(40, 60)
         else:
@@ -504,11 +545,19 @@ class _ClientStory:
         if self.incident == "second_dosing_before_integration" and self.dosings == 1:
             # R8: the next session is started in the record before integration happened.
             self._after_days(1, 3)
+            self.dosings += 1
+            second = self._session_id(self.dosings)
             self._record(
                 "clinician.dosing_started",
-                {**started, "session_id": self._session_id(self.dosings + 1)},
+                {**started, "session_id": second},
                 reason="R8",
+                deviation=True,
             )
+            self._tick(60, 120)
+            self._record("clinician.dosing_completed", {**completed, "session_id": second})
+            self._after_days(1, 3)
+            self._integrate(session)  # the first, late; the caller integrates the second
+            return second
         return session
 
     def _report_reactions(self, session: str) -> bool:
@@ -564,19 +613,35 @@ class _ClientStory:
         if self.incident == "third_high_dose_without_renewal":
             self._after_hours(1, 30)
             self._attend("dosing", (5, 14), "in_person")
+            self.dosings += 1
+            session = self._session_id(self.dosings)
             self._record(
                 "clinician.dosing_started",
                 {
                     "clinician_id": self.clinician_id,
-                    "session_id": self._session_id(self.dosings + 1),
+                    "session_id": session,
                     "pathway": "high_dose",
                     "chaperone_confirmed": True,
                     "abstinence_attested": True,
                     "modality": "in_person",
                 },
                 reason="R9",
+                deviation=True,
             )
-        # Refused or not, the clinic then asks Journey Clinical to renew the package.
+            self._tick(120, 150)
+            self._record(
+                "clinician.dosing_completed",
+                {
+                    "clinician_id": self.clinician_id,
+                    "session_id": session,
+                    "duration_minutes": 135,
+                    "active_minutes": 50,
+                    "released_to_chaperone": True,
+                },
+            )
+            self._after_days(2, 6)
+            self._integrate(session)
+        # Then the clinic asks Journey Clinical to renew the package.
         self._after_days(1, 10)
         self._publish(
             JOURNEY_CLINICAL,
@@ -608,6 +673,35 @@ class _ClientStory:
             },
         )
         self.subscription_paid_at = self.now
+
+    def _renew_monthly(self) -> None:
+        """Seed: the Joyous subscription is $129/month. Clients in treatment renew it before
+        each month runs out (kapflow's clock treats a month without renewal as a lapse, R9),
+        until the course ends, they withdraw, or a deliberate lapse is reported."""
+        paid_at: datetime | None = None
+        for publication in sorted(self.publications):
+            scripted = publication.scripted
+            if scripted.expected_outcome == REJECTED:
+                continue
+            while paid_at is not None and publication.published_at > paid_at + SUBSCRIPTION_RENEWAL:
+                paid_at = self._renew_subscription_at(paid_at + SUBSCRIPTION_RENEWAL)
+            event = scripted.event
+            if event["source"] == JOYOUS and (
+                event["type"] == "prescriber.prescription_renewed"
+                or event["data"].get("outcome") == "cleared"
+            ):
+                paid_at = publication.published_at
+            elif event["type"] in _SUBSCRIPTION_ENDS:
+                paid_at = None
+        while paid_at is not None and paid_at + SUBSCRIPTION_RENEWAL <= self.observed_until:
+            paid_at = self._renew_subscription_at(paid_at + SUBSCRIPTION_RENEWAL)
+
+    def _renew_subscription_at(self, moment: datetime) -> datetime:
+        resume = self.now
+        self.now = moment
+        self._renew_subscription()
+        self.now = resume
+        return moment
 
     def _lapse_subscription(self) -> bool:
         """R9: the $129/month Joyous subscription lapsed; dosing waits for its renewal."""
@@ -780,9 +874,17 @@ class _ClientStory:
         data: dict[str, Any],
         *,
         reason: str | None = None,
+        deviation: bool = False,
         published_at: datetime | None = None,
     ) -> None:
-        self._publish(CLINICAL_RECORD, type_, data, reason=reason, published_at=published_at)
+        self._publish(
+            CLINICAL_RECORD,
+            type_,
+            data,
+            reason=reason,
+            deviation=deviation,
+            published_at=published_at,
+        )
 
     def _publish(
         self,
@@ -791,6 +893,7 @@ class _ClientStory:
         data: dict[str, Any],
         *,
         reason: str | None = None,
+        deviation: bool = False,
         published_at: datetime | None = None,
         awaits_next: bool = False,
     ) -> None:
@@ -806,7 +909,7 @@ class _ClientStory:
             "data": data,
         }
         if reason is not None:
-            expected = REJECTED
+            expected = DEVIATION if deviation else REJECTED
         elif awaits_next:
             expected = PARKED
         else:

@@ -1,5 +1,7 @@
 """`kapflow` command line (SPEC §7). Every command takes `--db URL` (or KAPFLOW_DB).
 
+Each command turns its arguments into a service-layer command or read over the runtime
+that kapflow/bootstrap.py builds, and prints the result; nothing else happens here.
 Errors are one clear line on stderr and a non-zero exit, never a traceback. Heavy
 imports (HTTP, Kafka) happen inside the commands that need them, so `kapflow ingest`
 starts fast.
@@ -16,9 +18,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, get_args
 
-from kapflow.store import DEFAULT_DB_URL, EventStore, StoreError, open_store
+from events.operations import TaskOwner
+from kapflow.store import DEFAULT_DB_URL, EventStore, StoreError
+from workflow.client import ClientSnapshot
+
+if TYPE_CHECKING:
+    from kapflow.bootstrap import Runtime
 
 
 class CommandError(Exception):
@@ -43,51 +50,65 @@ def _print_json(value: Any, out: TextIO | None = None) -> None:
     (out or sys.stdout).write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-def _store(args: argparse.Namespace) -> EventStore:
+def _runtime(args: argparse.Namespace, **options: Any) -> Runtime:
+    from kapflow.bootstrap import bootstrap
+
     try:
-        return open_store(args.db)
+        return bootstrap(args.db, **options)
     except StoreError as error:
         raise CommandError(str(error)) from error
+
+
+def _store(args: argparse.Namespace) -> EventStore:
+    return _runtime(args).store
 
 
 # --- commands ---------------------------------------------------------------------------
 
 
-def _read_lines(path: str) -> Iterator[str]:
+def _read_lines(path: str) -> Iterator[bytes]:
+    """The non-blank lines of FILE (or stdin) as bytes, one event each.
+
+    Bytes, not text: a line that is not UTF-8 is one rejection, not the end of the run. A
+    line longer than one event may be (`MAX_EVENT_BYTES`) is read only that far, which is
+    enough to reject it as too large; the rest of it is skipped, never held in memory.
+    """
     if path == "-":
-        stream: TextIO = sys.stdin
-        yield from (line for line in stream if line.strip())
+        yield from _event_lines(sys.stdin.buffer)
         return
     try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 - streamed, closed below
+        handle = open(path, "rb")  # noqa: SIM115 - streamed, closed below
     except OSError as error:
         raise CommandError(f"cannot read {path}: {error.strerror}") from error
     with handle:
-        for line in handle:
-            if line.strip():
-                yield line
+        yield from _event_lines(handle)
+
+
+def _event_lines(stream: BinaryIO) -> Iterator[bytes]:
+    from events import MAX_EVENT_BYTES
+
+    limit = MAX_EVENT_BYTES + 1
+    while line := stream.readline(limit):
+        if len(line) == limit and not line.endswith(b"\n"):
+            while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+        if line := line.strip():
+            yield line
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from kapflow.service.ingest import IngestService
-
-    store = _store(args)
-    service = IngestService(store, batch_size=args.batch_size)
+    runtime = _runtime(args, batch_size=args.batch_size)
     out = sys.stdout
     dumps = json.dumps
-    for result in service.ingest_stream(_read_lines(args.file)):
+    for result in runtime.service.ingest_stream(_read_lines(args.file)):
         out.write(dumps(result.as_dict(), ensure_ascii=False) + "\n")
     out.flush()
-    store.close()
+    runtime.close()
     return 0
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    store = _store(args)
-    client = store.get_client(args.client_id)
-    if client is None or client.state == "new" and client.parked == 0:
-        raise CommandError(f"client {args.client_id} not found", 1)
-    view = client.view()
+    view = _known_client(_store(args), args.client_id).view()
     if args.json:
         _print_json(view)
     else:
@@ -109,6 +130,59 @@ def _print_client(view: dict[str, Any]) -> None:
     print(f"open tasks  {len(view['open_tasks'])}")
     for task in view["open_tasks"]:
         print(f"  {task['due']}  {task['priority']:<7} {task['owner']:<18} {task['code']}")
+
+
+def _known_client(store: EventStore, client_id: str) -> ClientSnapshot:
+    client = store.get_client(client_id)
+    if client is None or client.state == "new" and client.parked == 0:
+        raise CommandError(f"client {client_id} not found", 1)
+    return client
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Readiness before the fact: a failed check is data (exit 0), not an error."""
+    from workflow.readiness import dosing_readiness
+
+    runtime = _runtime(args)
+    client = _known_client(runtime.store, args.client_id)
+    readiness = dosing_readiness(client, args.at or _now_default(), runtime.policy)
+    if args.json:
+        _print_json(readiness)
+        return 0
+    verdict = "READY" if readiness["ready"] else "NOT READY"
+    print(
+        f"{readiness['client_id']}: {verdict} to dose at {readiness['at']}"
+        f" (state {readiness['state'] or '-'})"
+    )
+    for check in readiness["checks"]:
+        mark = "ok  " if check["passed"] else "FAIL"
+        why = "" if check["passed"] else f" — {check['why']}"
+        print(f"  [{mark}] {check['rule']:<8} {check['checks']}{why}")
+    return 0
+
+
+def cmd_deviations(args: argparse.Namespace) -> int:
+    from kapflow.service.deviations import recorded_deviations, write_deviations
+    from workflow.tasks import iso
+
+    rows = recorded_deviations(
+        _store(args),
+        since=iso(args.from_time) if args.from_time else None,
+        until=iso(args.to_time) if args.to_time else None,
+        open_only=args.open,
+        client_id=args.client,
+    )
+    fmt = "jsonl" if args.json else args.format
+    if not args.out:
+        write_deviations(rows, sys.stdout, fmt)
+        return 0
+    try:
+        with open(args.out, "w", encoding="utf-8", newline="") as out:
+            count = write_deviations(rows, out, fmt)
+    except OSError as error:
+        raise CommandError(f"cannot write {args.out}: {error.strerror}") from error
+    print(f"wrote {count} deviations to {args.out}", file=sys.stderr)
+    return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -148,6 +222,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     from workflow.tasks import iso
 
+    if args.action is not None:
+        return _act_on_task(args)
     if args.overdue and args.now is None:
         raise CommandError("--overdue needs --now TIME (the engine never reads the clock)")
     store = _store(args)
@@ -164,17 +240,60 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     for task in tasks:
         print(
             f"{task.due}  {task.status:<10} {task.priority:<7} {task.owner:<18} "
-            f"{task.for_:<12} {task.code}" + (f"  ${task.amount_usd}" if task.amount_usd else "")
+            f"{task.for_:<12} {task.code}"
+            + (f"  ${task.amount_usd}" if task.amount_usd else "")
+            + f"  {task.id}"
         )
     print(f"{len(tasks)} task(s)")
     return 0
 
 
-def cmd_tick(args: argparse.Namespace) -> int:
-    from kapflow.service.clock import tick
-    from kapflow.service.ingest import IngestService
+def _act_on_task(args: argparse.Namespace) -> int:
+    """`kapflow tasks complete|claim|cancel|reassign ID`: an operations event, recorded."""
+    from kapflow.service.work_queue import (
+        InvalidTaskAction,
+        TaskAction,
+        TaskAlreadyClosed,
+        TaskNotFound,
+        act_on_task,
+    )
 
-    report = tick(IngestService(_store(args)), args.now)
+    if args.task_id is None:
+        raise CommandError(f"`kapflow tasks {args.action}` needs a TASK_ID")
+    if args.action == "cancel" and not args.reason:
+        raise CommandError("cancel needs --reason CODE (e.g. not_applicable)")
+    if args.action == "reassign" and not args.to_role:
+        raise CommandError("reassign needs --to-role ROLE")
+    runtime = _runtime(args)
+    action = TaskAction(
+        args.action, args.task_id, by_role=args.by_role, reason=args.reason, to_role=args.to_role
+    )
+    try:
+        result = act_on_task(
+            runtime.store,
+            runtime.service.ingest_batch,
+            action,
+            actor=f"cli:{os.environ.get('USER', 'operator')}",
+            at=args.now or _now_default(),
+            idempotency_key=args.idempotency_key,
+        )
+    except TaskNotFound as error:
+        raise CommandError(f"no task {error}") from error
+    except TaskAlreadyClosed as error:
+        raise CommandError(str(error)) from error
+    except InvalidTaskAction as error:
+        raise CommandError(f"invalid {args.action}: {error}") from error
+    if args.json:
+        _print_json(result.as_dict())
+    else:
+        task = result.task
+        status = f"{task.status} ({task.owner})" if task else "-"
+        print(f"{args.action} {args.task_id}: {result.outcome}; task now {status}")
+    return 0 if result.outcome in ("accepted", "duplicate") else 1
+
+
+def cmd_tick(args: argparse.Namespace) -> int:
+    report = _runtime(args).clock().tick(args.now)
     summary = report.as_dict()
     if args.json:
         _print_json(summary)
@@ -190,36 +309,30 @@ def cmd_tick(args: argparse.Namespace) -> int:
 
 def cmd_deadlines(args: argparse.Namespace) -> int:
     from kapflow.service.clock import deadlines
-    from workflow.policy import DEFAULT_POLICY
+    from kapflow.service.views import deadline_view
     from workflow.tasks import iso
 
     now = args.now or _now_default()
     until = now + args.within
-    found = deadlines(_store(args), DEFAULT_POLICY, until)
+    runtime = _runtime(args)
+    rows = [deadline_view(d, iso(now)) for d in deadlines(runtime.store, runtime.policy, until)]
     if args.json:
-        _print_json([d.as_dict() | {"overdue": d.due <= iso(now)} for d in found])
+        _print_json(rows)
         return 0
-    for d in found:
-        flag = "OVERDUE " if d.due <= iso(now) else "upcoming"
-        print(f"{d.due}  {flag} {d.client_id:<12} {d.kind:<5} {d.code:<34} {d.owner or '-'}")
-    print(f"{len(found)} deadline(s) up to {iso(until)}")
+    for d in rows:
+        flag = "OVERDUE " if d["overdue"] else "upcoming"
+        print(
+            f"{d['due']}  {flag} {d['client_id']:<12} {d['kind']:<5} {d['code']:<34}"
+            f" {d['owner'] or '-'}"
+        )
+    print(f"{len(rows)} deadline(s) up to {iso(until)}")
     return 0
 
 
 def cmd_parked(args: argparse.Namespace) -> int:
-    parked = _store(args).parked_events(args.client)
-    rows = [
-        {
-            "source": p.source,
-            "id": p.event_id,
-            "subject": p.client_id,
-            "type": p.type,
-            "occurred_at": p.occurred_at,
-            "parked_at": p.recorded_at,
-            "reasons": json.loads(p.reasons),
-        }
-        for p in parked
-    ]
+    from kapflow.service.views import parked_view
+
+    rows = [parked_view(p) for p in _store(args).parked_events(args.client)]
     if args.json:
         _print_json(rows)
         return 0
@@ -241,38 +354,142 @@ def _duration(text: str) -> timedelta:
 def _now_default() -> datetime:
     # Reading the clock here is the operator's choice of "now", recorded as events:
     # the engine itself never reads it.
-    return datetime.now(UTC)
+    from kapflow.service.unit_of_work import utc_now
+
+    return utc_now()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from kapflow.store.sql import SCHEMA_VERSION
+
+    store = _store(args)  # opening a store migrates it in place
+    if store.migrated_from is None:
+        print(f"store already at schema version {SCHEMA_VERSION}")
+    else:
+        print(f"store migrated from schema version {store.migrated_from} to {SCHEMA_VERSION}")
+    store.close()
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from kapflow.store.codec import key_id, read_key_file, rotation_store
+
+    try:
+        store = rotation_store(args.db, args.new_key_file)
+    except ValueError as error:
+        raise CommandError(f"encryption at rest: {error}") from error
+    try:
+        rewritten = sum(store.reseal())
+    finally:
+        store.close()
+    new_id = key_id(read_key_file(args.new_key_file)[0]).hex()
+    print(f"re-encrypted {rewritten} stored values; every value now uses key {new_id}")
+    print(f"from now on start kapflow with KAPFLOW_ENCRYPTION_KEY_FILE={args.new_key_file}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from kapflow.service.outbox import OUTBOX_RETENTION, prune_published
+
+    retention = args.older_than or OUTBOX_RETENTION
+    store = _store(args)
+    deleted = prune_published(store, _now_default(), retention)
+    store.close()
+    days = retention.total_seconds() / 86400
+    print(f"pruned {deleted} outbox rows published more than {days:g} days ago")
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from kapflow.service.audit import verify
+    from kapflow.service.audit import verify, verify_access_log
 
-    report = verify(_store(args))
+    runtime = _runtime(args, access_log=True)
+    assert runtime.access_log is not None, "asked for"
+    report = verify(runtime.store)
+    access = verify_access_log(runtime.access_log, args.access_log_head)
+    report.divergences.extend(access.divergences)
     if args.json:
-        _print_json(report.as_dict())
+        _print_json(report.as_dict() | {"access_log": access.as_dict()})
     else:
         for d in report.divergences:
             print(f"DIVERGENCE {d.kind:<10} client={d.client_id} seq={d.seq}: {d.detail}")
         verdict = "OK" if report.ok else f"FAILED ({len(report.divergences)} divergences)"
         print(f"verify: {verdict} — {report.clients} clients, {report.entries} history entries")
+        if access.head_position is not None:
+            print(
+                f"access log: {access.rows} rows chained; head {access.head_position}:"
+                f"{access.head_hash} (keep it; check later with --access-log-head)"
+            )
     return 0 if report.ok else 1
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from kapflow.store.backup import backup_sqlite
+
+    report = backup_sqlite(args.db, args.out)
+    if args.json:
+        _print_json(
+            {
+                "out": report.path,
+                "bytes": report.bytes,
+                "history": report.history,
+                "access_log": report.access_log,
+                "seconds": round(report.seconds, 3),
+            }
+        )
+        return 0
+    print(
+        f"backed up {args.db} to {report.path} in {report.seconds:.2f}s: {report.bytes} bytes,"
+        f" {report.history} history entries, {report.access_log} access-log rows; integrity ok"
+    )
+    print(f"check it with: kapflow verify --db sqlite:///{report.path}")
+    return 0
+
+
+def _access_log_head(text: str) -> tuple[int, str]:
+    position, _, digest = text.partition(":")
+    if not position.isdigit() or len(digest) != 64:
+        raise argparse.ArgumentTypeError(f"not POSITION:HASH as verify prints it: {text!r}")
+    return int(position), digest
+
+
+def cmd_access_log(args: argparse.Namespace) -> int:
+    from kapflow.service.audit import write_access_log
+    from kapflow.store.access_log import iter_entries, open_access_log
+    from workflow.tasks import iso
+
+    rows = iter_entries(
+        open_access_log(args.db),
+        since=iso(args.from_time) if args.from_time else None,
+        until=iso(args.to_time) if args.to_time else None,
+    )
+    if not args.out:
+        write_access_log(rows, sys.stdout, args.format)
+        return 0
+    try:
+        with open(args.out, "w", encoding="utf-8", newline="") as out:
+            count = write_access_log(rows, out, args.format)
+    except OSError as error:
+        raise CommandError(f"cannot write {args.out}: {error.strerror}") from error
+    print(f"wrote {count} access-log rows to {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from kapflow.service.audit import export_csv, export_jsonl
+    from kapflow.service.audit import export_decisions, iter_rejections
 
     store = _store(args)
     entries = store.history(args.client) if args.client else store.iter_history()
-    writer = export_csv if args.format == "csv" else export_jsonl
+    rejections = iter_rejections(store, args.client) if args.include_rejections else None
     if args.out:
         try:
             with open(args.out, "w", encoding="utf-8", newline="") as out:
-                count = writer(entries, out)
+                count = export_decisions(entries, rejections, out, args.format)
         except OSError as error:
             raise CommandError(f"cannot write {args.out}: {error.strerror}") from error
-        print(f"exported {count} history entries to {args.out}", file=sys.stderr)
+        print(f"exported {count.describe()} to {args.out}", file=sys.stderr)
     else:
-        writer(entries, sys.stdout)
+        export_decisions(entries, rejections, sys.stdout, args.format)
     return 0
 
 
@@ -290,6 +507,21 @@ def cmd_diagram(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from workflow.protocol import protocol_markdown
+
+    text = protocol_markdown()
+    if args.out:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise CommandError(f"cannot write {args.out}: {error.strerror}") from error
+        print(f"wrote the protocol to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -322,37 +554,62 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from kapflow.demo.cohort import generate_cohort
-    from kapflow.service.ingest import IngestService
+    from kapflow.demo.clinic import run_clinic
+    from workflow.tasks import iso
 
-    store = _store(args)
-    outcomes: Counter[str] = Counter()
-    rejected_by: Counter[str] = Counter()
-    service = IngestService(store)
-    for result in service.ingest_stream(generate_cohort(clients=args.clients, seed=args.seed)):
-        outcomes[result.outcome] += 1
-        if result.outcome == "rejected":
-            rejected_by.update(reason.code for reason in result.reasons)
+    runtime = _runtime(args)
+    store = runtime.store
+    now = args.now or _now_default()
+    report = run_clinic(runtime.service, now, clients=args.clients, seed=args.seed)
+    outcomes: Counter[str] = Counter(result.outcome for result in report.results)
+    rejected_by: Counter[str] = Counter(
+        reason.code
+        for result in report.results
+        if result.outcome == "rejected"
+        for reason in result.reasons
+    )
+    deviations_by: Counter[str] = Counter(
+        reason.code
+        for result in [*report.results, *report.clock]
+        if result.outcome == "deviation"
+        for reason in result.reasons
+    )
+    open_tasks = store.tasks(open_only=True, limit=10**7)
+    overdue = [task for task in open_tasks if task.due < iso(now)]
     summary = {
         "db": args.db,
+        "from": report.start,
+        "now": report.now,
         "events": dict(sorted(outcomes.items())),
+        "staff_completed_tasks": report.staff_completions,
+        "deadlines_recorded": sum(result.outcome == "accepted" for result in report.clock),
         "clients_by_state": dict(sorted(store.count_by_state().items())),
-        "open_tasks_by_owner": dict(
-            sorted(Counter(t.owner for t in store.tasks(open_only=True, limit=10**7)).items())
-        ),
+        "open_tasks_by_owner": dict(sorted(Counter(t.owner for t in open_tasks).items())),
+        "overdue_tasks": len(overdue),
+        "deviations_by_rule": dict(sorted(deviations_by.items())),
         "rejections_by_reason": dict(sorted(rejected_by.items())),
     }
     if args.json:
         _print_json(summary)
         return 0
-    print(f"kapflow demo: {args.clients} synthetic clients through the KAP pathway → {args.db}")
+    print(
+        f"kapflow demo: {args.clients} synthetic clients through the KAP pathway,"
+        f" {report.start[:10]} → {report.now} → {args.db}"
+    )
     print("events:          " + ", ".join(f"{k} {v}" for k, v in summary["events"].items()))
+    print(
+        f"staff completed {report.staff_completions} tasks;"
+        f" kapflow's clock recorded {summary['deadlines_recorded']} deadlines"
+    )
     print("clients by state:")
     for state, count in summary["clients_by_state"].items():
         print(f"  {state:<12} {count:>5}")
-    print("open tasks by owner:")
+    print(f"open tasks by owner ({len(overdue)} of {len(open_tasks)} overdue at {report.now}):")
     for owner, count in summary["open_tasks_by_owner"].items():
         print(f"  {owner:<18} {count:>5}")
+    print("protocol deviations by rule (recorded, each with a review task):")
+    for code, count in summary["deviations_by_rule"].items():
+        print(f"  {code:<18} {count:>5}")
     print("rejections by rule/reason:")
     for code, count in summary["rejections_by_reason"].items():
         print(f"  {code:<18} {count:>5}")
@@ -361,16 +618,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from kapflow.entrypoints.http.server import run
+    from kapflow.entrypoints.http.server import CannotServe, run
 
-    return run(args)
+    try:
+        return run(args)
+    except CannotServe as error:
+        raise CommandError(str(error)) from error
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from kapflow.service.access import KeyConfigError, create_key
+    from kapflow.service.keyfile import add_key
 
+    if args.keys_command in ("revoke", "list"):
+        return _keys_revoke(args) if args.keys_command == "revoke" else _keys_list(args)
+    expires = _now_default() + args.expires if args.expires else None
     try:
-        new = create_key(args.role, args.name, args.prefix)
+        new = create_key(args.role, args.name, args.prefix, expires)
+        if args.keys_file:
+            add_key(args.keys_file, new)
     except KeyConfigError as error:
         raise CommandError(str(error)) from error
     if args.json:
@@ -378,10 +644,58 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     print(f"secret (shown once; give it to {new.key.name}, kapflow keeps only its hash):")
     print(f"  {new.secret}")
+    if args.keys_file:
+        print(f"added to {args.keys_file}" + (f"; expires {new.key.expires}" if expires else ""))
+        print("a running `kapflow serve --keys-file` picks it up within a second (or on SIGHUP)")
+        return 0
     print("add to the `keys` list of a JSON keys file (or KAPFLOW_API_KEYS):")
     print(f"  {new.json_line()}")
     print("or to a TOML keys file:")
     print("  " + new.toml_block().replace("\n", "\n  "))
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from kapflow.service.access import KeyConfigError
+    from kapflow.service.keyfile import revoke_key
+
+    try:
+        key = revoke_key(args.keys_file, args.name, _now_default())
+    except KeyConfigError as error:
+        raise CommandError(str(error)) from error
+    print(f"revoked {key.name} ({key.role}) at {key.revoked} in {args.keys_file}")
+    print("a running `kapflow serve --keys-file` refuses it within a second (at once on SIGHUP)")
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from kapflow.service.access import KeyConfigError
+    from kapflow.service.keyfile import key_status, read_keys
+    from kapflow.store.database import database_kind, sqlite_path
+    from kapflow.store.key_usage import KeyUsageStore
+
+    try:
+        ring = read_keys(args.keys_file)
+    except KeyConfigError as error:
+        raise CommandError(str(error)) from error
+    # Last use is recorded by `serve` in its database; a database that does not exist yet
+    # has none (and listing keys must not create one).
+    unused = database_kind(args.db) == "sqlite" and not Path(sqlite_path(args.db)).exists()
+    last_used = {} if unused else KeyUsageStore(args.db).last_used()
+    now = _now_default()
+    rows = [
+        key.as_entry() | {"status": key_status(key, now), "last_used": last_used.get(key.name)}
+        for key in ring.keys
+    ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        print(
+            f"{row['name']:<24} {row['role']:<10} {row['status']:<8}"
+            f" expires {row.get('expires') or '-':<20} last used {row['last_used'] or 'never'}"
+        )
+    print(f"{len(rows)} key(s) in {args.keys_file}")
     return 0
 
 
@@ -439,18 +753,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--as-of", type=_time, help="events that happened up to TIME")
     sub.add_argument("--known-at", type=_time, help="what kapflow had recorded by TIME")
 
-    sub = add("tasks", cmd_tasks, "list follow-up tasks")
+    sub = add(
+        "tasks",
+        cmd_tasks,
+        "list follow-up tasks, or act on one: complete | claim | cancel | reassign TASK_ID",
+    )
+    sub.add_argument(
+        "action",
+        nargs="?",
+        choices=["complete", "claim", "cancel", "reassign"],
+        help="act on a task (recorded as an operations event); omit to list",
+    )
+    sub.add_argument("task_id", nargs="?", help="the task to act on")
+    owner_roles = list(get_args(TaskOwner))
+    sub.add_argument("--reason", help="cancel: a reason code, e.g. not_applicable")
+    sub.add_argument("--to-role", choices=owner_roles, help="reassign: the new owner role")
+    sub.add_argument("--by-role", choices=owner_roles, help="the role acting (default: owner)")
+    sub.add_argument(
+        "--idempotency-key", help="the same key on a retry makes it a duplicate, not a 2nd event"
+    )
     sub.add_argument("--open", action="store_true", help="only open tasks")
     sub.add_argument("--overdue", action="store_true", help="only open tasks due before --now")
-    sub.add_argument("--now", type=_time, help="the time to judge overdue against")
     sub.add_argument(
-        "--owner",
-        choices=["scheduler", "clinician", "billing", "prescriber_liaison", "client"],
+        "--now",
+        type=_time,
+        help="the time to judge overdue against; for an action, when it happened (default: now)",
     )
+    sub.add_argument("--owner", choices=owner_roles)
     sub.add_argument("--client", help="only this client's tasks")
     sub.add_argument("--limit", type=int, default=10000)
 
-    add("verify", cmd_verify, "replay every history; check outcomes and hash chains")
+    sub = add("verify", cmd_verify, "replay every history; check outcomes and hash chains")
+    sub.add_argument(
+        "--access-log-head",
+        type=_access_log_head,
+        help="POSITION:HASH printed by an earlier verify: the access log must still hold it",
+    )
+    add("migrate", cmd_migrate, "upgrade the store's schema in place (opening it does too)")
+    sub = add(
+        "rotate-key",
+        cmd_rotate_key,
+        "re-encrypt every stored value with a new key (resumable; the current key is"
+        " read from KAPFLOW_ENCRYPTION_KEY[_FILE])",
+    )
+    sub.add_argument("--new-key-file", required=True, help="file holding the new base64 key")
+    sub = add("prune", cmd_prune, "delete outbox rows published longer ago than the retention")
+    sub.add_argument(
+        "--older-than", type=_duration, help="retention (default 7d: OUTBOX_RETENTION)"
+    )
+
+    sub = add("backup", cmd_backup, "a consistent copy of a SQLite store, also while serving")
+    sub.add_argument("--out", required=True, help="the backup file to create (never overwritten)")
+
+    sub = add("access-log", cmd_access_log, "who read which client's records, and when")
+    sub.add_argument("--from", dest="from_time", type=_time, help="reads at or after TIME")
+    sub.add_argument("--to", dest="to_time", type=_time, help="reads at or before TIME")
+    sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    sub.add_argument("--out", help="file to write (default: standard output)")
 
     sub = add("tick", cmd_tick, "record the deadlines due by TIME; expire stale parked events")
     sub.add_argument("--now", type=_time, required=True, help="the time to advance the clock to")
@@ -471,10 +830,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     sub.add_argument("--out", help="file to write (default: standard output)")
     sub.add_argument("--client", help="only this client's history")
+    sub.add_argument(
+        "--include-rejections",
+        action="store_true",
+        help="append the rejected log (records of kind `rejection`): every decision",
+    )
+
+    sub = add("check", cmd_check, "readiness: would a dosing at TIME be within the protocol?")
+    sub.add_argument("client_id")
+    sub.add_argument(
+        "--dose",
+        dest="action",
+        action="store_const",
+        const="dose",
+        required=True,
+        help="check a dosing session (R5–R9, holds, in care)",
+    )
+    sub.add_argument("--at", type=_time, help="when the dosing would start (default: now)")
+
+    sub = add("deviations", cmd_deviations, "every protocol deviation recorded, with its review")
+    sub.add_argument("--from", dest="from_time", type=_time, help="that happened at or after TIME")
+    sub.add_argument("--to", dest="to_time", type=_time, help="that happened at or before TIME")
+    sub.add_argument("--open", action="store_true", help="only deviations still to review")
+    sub.add_argument("--client", help="only this client's deviations")
+    sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    sub.add_argument("--out", help="file to write (default: standard output)")
 
     sub = add("diagram", cmd_diagram, "print the pathway diagram")
     sub.add_argument("--format", choices=["mermaid", "svg"], default="mermaid")
     sub.add_argument("--out", help="file to write")
+
+    sub = add(
+        "protocol", cmd_protocol, "print the protocol as a clinician-readable document (Markdown)"
+    )
+    sub.add_argument("--out", help="file to write (default: standard output)")
 
     sub = add("schema", cmd_schema, "export one JSON Schema per event type")
     sub.add_argument("--out", required=True, help="directory to write the schemas into")
@@ -485,18 +874,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("demo", cmd_demo, "run a synthetic cohort through the whole pathway")
     sub.add_argument("--clients", type=int, default=300)
     sub.add_argument("--seed", type=int, default=7)
+    sub.add_argument(
+        "--now",
+        type=_time,
+        default=None,
+        help="when the cohort's journeys end (default: now, so `serve`'s clock fits the data)",
+    )
 
     sub = add("serve", cmd_serve, "HTTP service and operations dashboard")
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=8000)
     sub.add_argument("--insecure-dev", action="store_true", help="no API keys (development only)")
-    sub.add_argument("--keys-file", help="API keys file (or KAPFLOW_API_KEYS)")
+    sub.add_argument(
+        "--keys-file", help="API keys file (or KAPFLOW_API_KEYS); reloaded on change and SIGHUP"
+    )
+    sub.add_argument(
+        "--keys-poll-interval", type=float, default=1.0, help="seconds between keys-file checks"
+    )
     sub.add_argument("--kafka", help="also publish the outbox to Kafka at HOST:PORT")
     sub.add_argument(
         "--clock-interval",
         type=float,
         default=30.0,
         help="seconds between clock ticks recording deadlines (0: off; use `kapflow tick`)",
+    )
+    sub.add_argument(
+        "--outbox-retention",
+        type=_duration,
+        help="prune outbox rows published longer ago than this, e.g. 7d (the default)",
     )
     sub.add_argument(
         "--max-body-bytes", type=int, default=1024 * 1024, help="largest POST body (413 beyond)"
@@ -520,7 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
         "create", help="create a key: prints the secret once and the line for the keys file"
     )
     create.add_argument(
-        "--role", required=True, choices=["publisher", "dashboard", "auditor", "admin"]
+        "--role",
+        required=True,
+        choices=["publisher", "dashboard", "operations", "auditor", "admin"],
     )
     create.add_argument("--name", required=True, help="who holds it (recorded in the access log)")
     create.add_argument(
@@ -530,6 +937,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="publisher only: an event-type prefix it may post, e.g. scheduling (repeatable)",
     )
     create.add_argument("--json", action="store_true", help="print the secret and entry as JSON")
+    create.add_argument(
+        "--expires", type=_duration, help="refused after this long, e.g. 90d, 12h (default: never)"
+    )
+    create.add_argument("--keys-file", help="add the entry to this keys file (JSON or .toml)")
+    revoke = keys.add_parser("revoke", help="revoke a key in a keys file: refused at once")
+    revoke.add_argument("--name", required=True, help="the key's name")
+    revoke.add_argument("--keys-file", required=True, help="the keys file `serve` reads")
+    listing = keys.add_parser("list", help="keys in a keys file: status, expiry, last use")
+    listing.add_argument("--keys-file", required=True, help="the keys file `serve` reads")
+    listing.add_argument("--db", default=argparse.SUPPRESS, help="where last use is recorded")
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
     sub = add("worker", cmd_worker, "Kafka stream worker")
     sub.add_argument("--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT")

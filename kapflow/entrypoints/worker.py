@@ -1,7 +1,9 @@
 """`kapflow worker`: the Kafka stream worker (faust-streaming over aiokafka).
 
 Thin by design: decode each record (CloudEvents Kafka binding), hand the batch to the same
-`IngestService` the CLI and HTTP service use, then let the outbox relay publish. Offsets
+`IngestService` the CLI and HTTP service use (built by kapflow/bootstrap.py), then let the
+outbox relay publish. The clock is the same `CareClock` as everywhere; here it records
+deadlines by publishing them to the events topic (see `clock` below). Offsets
 are committed by faust only for events acked after `ingest_batch` returned, i.e. after the
 store transaction committed: at-least-once delivery plus idempotent writes keyed by
 (`source`, `id`) gives effectively-once effects without faust's `exactly_once` mode.
@@ -22,11 +24,12 @@ from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
 from events.kafka_binding import from_kafka_record
+from kapflow.bootstrap import Runtime, bootstrap
 from kapflow.publishers.kafka import KafkaOutboxRelay
-from kapflow.service.clock import deadlines
-from kapflow.service.ingest import IngestService, RawInput, utc_now
+from kapflow.service.ingest import IngestResult, IngestService, RawInput, utc_now
+from kapflow.service.isolation import ingest_isolating
 from kapflow.settings import KafkaSettings, SettingsError, load_kafka_settings
-from kapflow.store import EventStore, StoreError, open_store
+from kapflow.store import StoreError
 
 log = logging.getLogger("kapflow.worker")
 
@@ -55,12 +58,14 @@ async def ingest_until_recorded(
     """Record a batch, retrying while the database is unavailable.
 
     Returning is what lets faust ack (and so commit) these offsets; giving up would lose
-    events, so a store outage pauses the partitions instead.
+    events, so a store outage (`StoreError`) pauses the partitions instead. An input the
+    store or the engine fails on is not an outage: it is dead-lettered alone and the rest
+    recorded (service/isolation), so it can never stall its partitions.
     """
     delay = 0.2
     while True:
         try:
-            await asyncio.to_thread(service.ingest_batch, inputs)
+            await asyncio.to_thread(ingest_isolating, service, inputs)
             return
         except StoreError as error:
             log.warning(
@@ -83,7 +88,7 @@ def partition_owner(app: faust.App, topic: str) -> Callable[[str], bool] | None:
     return lambda client_id: (murmur2(client_id.encode()) & 0x7FFFFFFF) % partitions in owned
 
 
-def build_app(settings: KafkaSettings, store: EventStore) -> faust.App:
+def build_app(settings: KafkaSettings, runtime: Runtime) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=_faust_broker(settings),
@@ -97,8 +102,8 @@ def build_app(settings: KafkaSettings, store: EventStore) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
     )
-    service = IngestService(store, batch_size=settings.batch_size)
-    relay = KafkaOutboxRelay(store, settings)
+    service = runtime.service
+    relay = KafkaOutboxRelay(runtime.store, settings, runtime.relay_lease())
     events = app.topic(
         settings.events_topic,
         key_type=bytes,
@@ -133,25 +138,39 @@ def build_app(settings: KafkaSettings, store: EventStore) -> faust.App:
             log.info("recorded a batch of %d events", len(inputs))
         relay.wake()
 
+    loop: asyncio.AbstractEventLoop | None = None
+    published: list[dict[str, Any]] = []  # by the current tick
+
+    def publish_deadlines(deadline_events: list[dict[str, Any]]) -> list[IngestResult]:
+        """Deadline events go through the events topic, keyed by client, so the partition
+        owner applies them in order with everything else; the ids make repeats (another
+        worker after a rebalance, a restart) duplicates. Nothing is recorded here yet, so
+        the clock does not look for further rounds: the next tick does."""
+        assert loop is not None, "called from the clock's thread"
+        for event in deadline_events:
+            asyncio.run_coroutine_threadsafe(
+                events.send(key=event["subject"].encode(), value=orjson.dumps(event)), loop
+            ).result()
+        published.extend(deadline_events)
+        return []
+
+    care_clock = runtime.clock(record=publish_deadlines)
+
     @app.timer(interval=settings.clock_interval_seconds)
     async def clock() -> None:
-        """kapflow's clock for the clients of this worker's partitions (see service/clock).
-
-        Deadline events go through the events topic, keyed by client, so the partition
-        owner applies them in order with everything else; the ids make repeats (another
-        worker after a rebalance, a restart) duplicates.
-        """
+        """kapflow's clock for the clients of this worker's partitions (service/clock)."""
+        nonlocal loop
         owns = partition_owner(app, settings.events_topic)
         if owns is None:
             return
-        now = utc_now()
-        due = await asyncio.to_thread(deadlines, store, service.policy, now, owns)
-        for deadline in due:
-            await events.send(key=deadline.client_id.encode(), value=orjson.dumps(deadline.event()))
-        expired = await asyncio.to_thread(service.expire_parked, now, owns)
-        if due or expired:
+        loop = asyncio.get_running_loop()
+        published.clear()
+        report = await asyncio.to_thread(care_clock.tick, utc_now(), owns)
+        if published or report.expired_parked:
             log.info(
-                "clock: %d deadlines published, %d parked events expired", len(due), len(expired)
+                "clock: %d deadlines published, %d parked events expired",
+                len(published),
+                len(report.expired_parked),
             )
             relay.wake()
 
@@ -177,11 +196,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"kapflow worker: {error}", file=sys.stderr)
         return 2
     try:
-        store = open_store(settings.db)
+        runtime = bootstrap(settings.db, batch_size=settings.batch_size)
     except StoreError as error:
         print(f"kapflow worker: database error: {error}", file=sys.stderr)
         return 3
-    app = build_app(settings, store)
+    app = build_app(settings, runtime)
     print(
         f"kapflow worker: consuming {settings.events_topic} from {settings.kafka} as group "
         f"{settings.group_id}; store {settings.db.split('@')[-1]}",
@@ -193,5 +212,5 @@ def run(args: argparse.Namespace) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     finally:
-        store.close()
+        runtime.close()
     return 0

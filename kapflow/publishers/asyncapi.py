@@ -33,6 +33,7 @@ def asyncapi_document(
         "state-changes": "kapflow.state-changes",
         "tasks": "kapflow.tasks",
         "rejected": "kapflow.rejected",
+        "deviations": "kapflow.deviations",
     }
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "validation") for model in EVENT_MODELS.values()
@@ -107,6 +108,12 @@ def asyncapi_document(
         "rejected": channel(
             topics["rejected"], [outgoing["rejected"]], "Dead letters: original + reasons."
         ),
+        "deviations": channel(
+            topics["deviations"],
+            [outgoing["deviations"]],
+            "Protocol deviations for the clinical lead: facts of care recorded although they "
+            "broke a rule, and late facts that resolved or revealed such a break.",
+        ),
     }
 
     def op(action: str, channel_name: str, names: list[str], summary: str) -> dict[str, Any]:
@@ -125,9 +132,9 @@ def asyncapi_document(
             "description": (
                 "Event-driven care workflow for the Ketamine-Assisted Psychotherapy programme. "
                 "Publishers send CloudEvents to the events topic; kapflow publishes state "
-                "changes, task changes and dead letters from a transactional outbox, at "
-                "least once, each with a stable CloudEvents id to de-duplicate on, in "
-                "per-client order (key = client id)."
+                "changes, task changes, dead letters and protocol deviations from a "
+                "transactional outbox, at least once, each with a stable CloudEvents id to "
+                "de-duplicate on, in per-client order (key = client id)."
             ),
         },
         "defaultContentType": "application/cloudevents+json",
@@ -158,6 +165,12 @@ def asyncapi_document(
             ),
             "sendDeadLetters": op(
                 "send", "rejected", [outgoing["rejected"]], "kapflow publishes rejected inputs."
+            ),
+            "sendProtocolDeviations": op(
+                "send",
+                "deviations",
+                [outgoing["deviations"]],
+                "kapflow publishes protocol deviations and their resolution.",
             ),
         },
         "components": {

@@ -12,32 +12,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from kapflow.publishers.lease import Lease, lease_for
+from kapflow.publishers.lease import Lease
 from kapflow.service.ingest import utc_now
-from kapflow.service.outbox import as_cloudevent, render
+from kapflow.service.outbox import PruneSchedule, as_cloudevent, render
 from kapflow.settings import KafkaSettings
 from kapflow.store.base import EventStore, StoreError
 from workflow.tasks import iso
 
 log = logging.getLogger("kapflow.relay")
 
+# The longest wait between two attempts while the broker or the database is away.
+MAX_BACKOFF_S = 5.0
+
 
 class KafkaOutboxRelay:
-    def __init__(
-        self, store: EventStore, settings: KafkaSettings, lease: Lease | None = None
-    ) -> None:
+    """Publishes the outbox to Kafka while it holds `lease` (the runtime's relay lease,
+    kapflow/bootstrap.py: one relay at a time)."""
+
+    def __init__(self, store: EventStore, settings: KafkaSettings, lease: Lease) -> None:
         self.store = store
-        self.lease = lease or lease_for(store.url)
+        self.lease = lease
         self.settings = settings
         self.topics = settings.topics
         self._producer: AIOKafkaProducer | None = None
         self._wake = asyncio.Event()
         self.published = 0
+        self._prune = PruneSchedule(timedelta(days=settings.outbox_retention_days))
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -84,8 +90,15 @@ class KafkaOutboxRelay:
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until `stop` is set; survive broker and database outages."""
+        """Publish until `stop` is set; survive broker and database outages.
+
+        A failed pass (broker away, database restarting or locked) is retried after a
+        back-off that doubles up to MAX_BACKOFF_S, so the relay resumes within seconds of
+        the outage ending; one warning per failed pass names the error class, one line
+        says when it resumed. Rows of a failed pass stay unpublished and go out again.
+        """
         backoff = 0.5
+        failures = 0
         while not stop.is_set():
             if not await asyncio.to_thread(self.lease.acquire):
                 # Another worker publishes; stand by to take over if it goes away.
@@ -94,14 +107,23 @@ class KafkaOutboxRelay:
                 continue
             try:
                 published = await self.publish_pending()
-                backoff = 0.5
-            except (KafkaError, StoreError, OSError) as error:
+                await asyncio.to_thread(self._prune.run_if_due, self.store, utc_now())
+            except Exception as error:  # noqa: BLE001 - the relay must outlive a bad pass
+                expected = isinstance(error, KafkaError | StoreError | OSError)
+                failures += 1
                 log.warning(
-                    "outbox relay paused (%s); retrying in %.1fs", type(error).__name__, backoff
+                    "outbox relay paused (%s%s); retry %d in %.1fs",
+                    type(error).__name__,
+                    "" if expected else ", unexpected",
+                    failures,
+                    backoff,
                 )
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
+            if failures:
+                log.warning("outbox relay resumed after %d failed passes", failures)
+                failures, backoff = 0, 0.5
             if published == 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from kapflow.store.database import KAPFLOW_LOCKS, RELAY_LOCK, database_kind, sqlite_path
+
 log = logging.getLogger("kapflow.relay")
 
 
@@ -59,8 +61,6 @@ class PostgresLease:
     def acquire(self) -> bool:
         import psycopg
 
-        from kapflow.store.postgres import KAPFLOW_LOCKS, RELAY_LOCK
-
         try:
             if self._conn is not None and not self._conn.closed and not self._conn.broken:
                 # Still ours while the session lives; a cheap round trip proves it does.
@@ -91,8 +91,7 @@ class PostgresLease:
 
 
 def lease_for(db_url: str) -> Lease:
-    if db_url.startswith("sqlite:///"):
-        from kapflow.store.sqlite import path_from_url
-
-        return FileLease(path_from_url(db_url))
+    """The relay lease for the database at `db_url`: a lock where that database lives."""
+    if database_kind(db_url) == "sqlite":
+        return FileLease(sqlite_path(db_url))
     return PostgresLease(db_url)

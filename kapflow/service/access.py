@@ -12,7 +12,10 @@ about which key, or how much of one, matched.
 
 Roles (SPEC §7 users): `publisher` posts events of its own type prefixes only; `dashboard`
 reads what an operations screen shows (states, counts, tasks, the live stream, FHIR tasks)
-but no event payloads; `auditor` reads everything, including histories, replays, exports,
+but no event payloads; `operations` (the clinic's staff) reads the same plus a client's
+history and replay (to look a client up; both recorded in the access log) and acts on the
+work queue (completes, claims, cancels and reassigns tasks, each recorded as an
+`operations.*` event); `auditor` reads everything, including histories, replays, exports,
 verification, rejections, parked events and the access log, and writes nothing; `admin`
 may do everything.
 """
@@ -27,6 +30,7 @@ import secrets
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +38,18 @@ from typing import Any
 class Role:
     PUBLISHER = "publisher"
     DASHBOARD = "dashboard"
+    OPERATIONS = "operations"
     AUDITOR = "auditor"
     ADMIN = "admin"
 
 
-ROLES: tuple[str, ...] = (Role.PUBLISHER, Role.DASHBOARD, Role.AUDITOR, Role.ADMIN)
+ROLES: tuple[str, ...] = (
+    Role.PUBLISHER,
+    Role.DASHBOARD,
+    Role.OPERATIONS,
+    Role.AUDITOR,
+    Role.ADMIN,
+)
 
 
 class Permission:
@@ -58,9 +69,10 @@ class Permission:
     READ_REJECTIONS = "read_rejections"  # dead letters: original messages
     READ_PARKED = "read_parked"  # parked events: payloads
     READ_ACCESS_LOG = "read_access_log"
+    ACT_ON_TASKS = "act_on_tasks"  # complete, claim, cancel, reassign (recorded as events)
 
 
-_OPERATIONS = frozenset(
+_SCREEN = frozenset(
     {
         Permission.READ_CLIENTS,
         Permission.READ_TASKS,
@@ -83,9 +95,11 @@ _AUDIT = frozenset(
 )
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.PUBLISHER: frozenset({Permission.PUBLISH}),
-    Role.DASHBOARD: _OPERATIONS,
-    Role.AUDITOR: _OPERATIONS | _AUDIT,
-    Role.ADMIN: _OPERATIONS | _AUDIT | {Permission.PUBLISH},
+    Role.DASHBOARD: _SCREEN,
+    Role.OPERATIONS: _SCREEN
+    | {Permission.READ_HISTORY, Permission.REPLAY, Permission.ACT_ON_TASKS},
+    Role.AUDITOR: _SCREEN | _AUDIT,
+    Role.ADMIN: _SCREEN | _AUDIT | {Permission.PUBLISH, Permission.ACT_ON_TASKS},
 }
 
 # Which roles hold a permission: named in 403 bodies so the caller knows what to ask for.
@@ -119,6 +133,16 @@ class ApiKey:
     role: str
     digest: str
     prefixes: tuple[str, ...] = ()
+    expires: str | None = None  # RFC 3339 (UTC, `Z`): refused from this instant on
+    revoked: str | None = None  # when `kapflow keys revoke` withdrew it: refused at once
+
+    def refusal(self, now: datetime) -> str | None:
+        """Why this key is no longer honoured at `now` (revoked, expired), or None."""
+        if self.revoked is not None:
+            return "revoked"
+        if self.expires is not None and _utc_text(now) >= self.expires:
+            return "expired"
+        return None
 
     def may(self, permission: str) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
@@ -138,6 +162,10 @@ class ApiKey:
         if self.prefixes:
             entry["prefixes"] = list(self.prefixes)
         entry["sha256"] = self.digest
+        if self.expires is not None:
+            entry["expires"] = self.expires
+        if self.revoked is not None:
+            entry["revoked"] = self.revoked
         return entry
 
 
@@ -170,7 +198,7 @@ class KeyRing:
 def _parse_entry(raw: Any, where: str) -> ApiKey:
     if not isinstance(raw, Mapping):
         raise KeyConfigError(f"{where}: each key must be an object/table")
-    unknown = sorted(set(raw) - {"name", "role", "prefixes", "sha256"})
+    unknown = sorted(set(raw) - {"name", "role", "prefixes", "sha256", "expires", "revoked"})
     if unknown:
         raise KeyConfigError(f"{where}: unknown fields {', '.join(unknown)}")
     name, role, digest = raw.get("name"), raw.get("role"), raw.get("sha256")
@@ -194,7 +222,29 @@ def _parse_entry(raw: Any, where: str) -> ApiKey:
         raise KeyConfigError(f"{where}: a publisher key needs at least one prefix")
     if role != Role.PUBLISHER and prefixes:
         raise KeyConfigError(f"{where}: only publisher keys take prefixes")
-    return ApiKey(name, role, digest, tuple(prefixes))
+    expires, revoked = (
+        _entry_time(raw.get(field), where, field) for field in ("expires", "revoked")
+    )
+    return ApiKey(name, role, digest, tuple(prefixes), expires, revoked)
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _entry_time(value: Any, where: str, field: str) -> str | None:
+    """An RFC 3339 time (a TOML datetime or a string), kept as UTC text with `Z`."""
+    if value is None:
+        return None
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    if not isinstance(moment, datetime) or moment.tzinfo is None:
+        raise KeyConfigError(f"{where}: `{field}` must be an RFC 3339 time with a timezone")
+    return _utc_text(moment)
 
 
 def parse_keys(document: Any, origin: str) -> KeyRing:
@@ -242,11 +292,22 @@ class NewKey:
         if self.key.prefixes:
             lines.append("prefixes = [" + ", ".join(f'"{p}"' for p in self.key.prefixes) + "]")
         lines.append(f'sha256 = "{self.key.digest}"')
+        if self.key.expires:
+            lines.append(f'expires = "{self.key.expires}"')
         return "\n".join(lines)
 
 
-def create_key(role: str, name: str, prefixes: Iterable[str] = ()) -> NewKey:
+def create_key(
+    role: str, name: str, prefixes: Iterable[str] = (), expires: datetime | None = None
+) -> NewKey:
     """A new random secret and the entry (hash only) that configures it."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    entry = {"name": name, "role": role, "prefixes": list(prefixes), "sha256": digest_of(secret)}
+    entry: dict[str, Any] = {
+        "name": name,
+        "role": role,
+        "prefixes": list(prefixes),
+        "sha256": digest_of(secret),
+    }
+    if expires is not None:
+        entry["expires"] = _utc_text(expires)
     return NewKey(secret, _parse_entry(entry, "new key"))

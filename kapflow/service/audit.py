@@ -16,10 +16,12 @@ from typing import Any, TextIO
 
 from events import CloudEvent, parse_event
 from kapflow.service.ingest import compact_json
-from kapflow.store.base import EventStore, HistoryEntry, entry_hash
+from kapflow.store.access_log import AccessLog, AccessRecord, access_hash, iter_entries
+from kapflow.store.base import EventStore, HistoryEntry, RejectedRecord, entry_hash
 from workflow.client import GENESIS_HASH, ClientSnapshot
-from workflow.engine import Outcome, apply
+from workflow.engine import EXPIRED, Outcome, apply, recorded_after_expiry
 from workflow.policy import DEFAULT_POLICY, CarePolicy
+from workflow.releases import UnknownPathwayVersion, release_of
 from workflow.states.pathway import PATHWAY_VERSION
 from workflow.tasks import iso
 
@@ -32,6 +34,10 @@ def _event_of(entry: HistoryEntry) -> CloudEvent:
     if not isinstance(event, CloudEvent):
         raise ValueError(f"recorded event {entry.client_id}#{entry.seq} no longer parses")
     return event
+
+
+def _expired(entry: HistoryEntry) -> bool:
+    return EXPIRED in entry.outcome and recorded_after_expiry(json.loads(entry.outcome))
 
 
 @dataclass(slots=True)
@@ -63,8 +69,14 @@ def replay(
             continue
         if known_at_text is not None and entry.recorded_at > known_at_text:
             continue
-        outcome = apply(client, _event_of(entry), policy)
-        if outcome.accepted:
+        outcome = apply(
+            client,
+            _event_of(entry),
+            policy,
+            release_of(entry.pathway_version),
+            expired=_expired(entry),
+        )
+        if outcome.recorded:
             client = outcome.client
             client.last_hash = entry.hash
             applied += 1
@@ -147,13 +159,16 @@ def _verify_client(
         if entry_hash(entry) != entry.hash:
             found(Divergence(client_id, entry.seq, "chain", "entry hash does not match content"))
         previous_hash = entry.hash
-        if entry.pathway_version != PATHWAY_VERSION:
+        try:
+            release = release_of(entry.pathway_version)
+        except UnknownPathwayVersion:
             found(
                 Divergence(
                     client_id,
                     entry.seq,
                     "version",
-                    f"recorded by pathway {entry.pathway_version}; this is {PATHWAY_VERSION}",
+                    f"recorded by pathway {entry.pathway_version}, unknown to this release "
+                    f"({PATHWAY_VERSION})",
                 )
             )
             return
@@ -162,8 +177,8 @@ def _verify_client(
         except ValueError as error:
             found(Divergence(client_id, entry.seq, "unreadable", str(error)))
             return
-        outcome: Outcome = apply(client, event, policy)
-        if not outcome.accepted:
+        outcome: Outcome = apply(client, event, policy, release, expired=_expired(entry))
+        if not outcome.recorded:
             codes = ",".join(r.code for r in outcome.reasons)
             found(
                 Divergence(
@@ -245,21 +260,95 @@ EXPORT_COLUMNS = (
     "reasons",
     "prev_hash",
     "hash",
+    # Appended (readers by column name are unaffected): every decision, deviations marked.
+    "kind",  # history | rejection
+    "outcome",  # accepted | deviation (history), rejected (rejection)
+    "deviations",  # the rules a deviation broke
 )
 
 
+@dataclass(slots=True)
+class ExportCount:
+    history: int = 0
+    rejections: int = 0
+
+    def describe(self) -> str:
+        text = f"{self.history} history entries"
+        return text + (f" and {self.rejections} rejections" if self.rejections else "")
+
+
 def export_jsonl(entries: Iterable[HistoryEntry], out: TextIO) -> int:
-    count = 0
-    for entry in entries:
-        out.write(compact_json(entry.as_dict()) + "\n")
-        count += 1
+    return export_decisions(entries, None, out, "jsonl").history
+
+
+def export_csv(entries: Iterable[HistoryEntry], out: TextIO) -> int:
+    return export_decisions(entries, None, out, "csv").history
+
+
+def csv_text(entries: Iterable[HistoryEntry]) -> Iterator[str]:
+    """CSV export as chunks of text, for streaming HTTP responses."""
+    return decision_chunks(entries, None, "csv")
+
+
+def export_decisions(
+    entries: Iterable[HistoryEntry],
+    rejections: Iterable[tuple[int, RejectedRecord]] | None,
+    out: TextIO,
+    fmt: str = "jsonl",
+) -> ExportCount:
+    """Every decision kapflow made: the history entries, then (when given) the rejected
+    log. JSON lines: a history entry per line as `kapflow history --json` prints it (a
+    deviation's `outcome` says so), then one record per rejection with `"kind":
+    "rejection"`. CSV: one table, `EXPORT_COLUMNS`, whose `kind` column tells the two apart
+    (a rejection row has no seq, states or hashes; its `reasons` are the rejection's codes;
+    the original message is in the JSON lines export only)."""
+    count = ExportCount()
+    for chunk in decision_chunks(entries, rejections, fmt, count):
+        out.write(chunk)
     return count
+
+
+def decision_chunks(
+    entries: Iterable[HistoryEntry],
+    rejections: Iterable[tuple[int, RejectedRecord]] | None,
+    fmt: str = "jsonl",
+    count: ExportCount | None = None,
+) -> Iterator[str]:
+    """`export_decisions` as chunks of about 64 kB of text, for streaming responses."""
+    count = count if count is not None else ExportCount()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(EXPORT_COLUMNS)
+    for entry in entries:
+        if writer is not None:
+            writer.writerow(_csv_row(entry))
+        else:
+            buffer.write(compact_json(entry.as_dict()) + "\n")
+        count.history += 1
+        if buffer.tell() > 64_000:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    for position, record in rejections or ():
+        if writer is not None:
+            writer.writerow(_csv_rejection_row(record))
+        else:
+            buffer.write(compact_json(rejection_record(position, record)) + "\n")
+        count.rejections += 1
+        if buffer.tell() > 64_000:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()
 
 
 def _csv_row(entry: HistoryEntry) -> list[Any]:
     outcome = json.loads(entry.outcome)
     opened = [c["task"]["code"] for c in outcome["tasks"] if c["change"] == "opened"]
     closed = [c["task"]["code"] for c in outcome["tasks"] if c["change"] == "closed"]
+    deviations = [reason["code"] for reason in outcome.get("deviations", [])]
     return [
         entry.client_id,
         entry.seq,
@@ -276,28 +365,177 @@ def _csv_row(entry: HistoryEntry) -> list[Any]:
         ";".join(outcome.get("reasons", [])),
         entry.prev_hash,
         entry.hash,
+        "history",
+        outcome.get("outcome", "accepted"),
+        ";".join(dict.fromkeys(deviations)),
     ]
 
 
-def export_csv(entries: Iterable[HistoryEntry], out: TextIO) -> int:
-    writer = csv.writer(out)
-    writer.writerow(EXPORT_COLUMNS)
+def rejection_record(position: int, record: RejectedRecord) -> dict[str, Any]:
+    """A rejected input as the export holds it (as `GET /v1/rejections` shows it)."""
+    return {
+        "kind": "rejection",
+        "position": position,
+        "source": record.source,
+        "id": record.event_id,
+        "subject": record.client_id,
+        "type": record.type,
+        "recorded_at": record.recorded_at,
+        "reasons": json.loads(record.reasons),
+        "original": record.original,
+    }
+
+
+def _csv_rejection_row(record: RejectedRecord) -> list[Any]:
+    codes = [reason["code"] for reason in json.loads(record.reasons)]
+    row: dict[str, Any] = {
+        "client_id": record.client_id or "",
+        "recorded_at": record.recorded_at,
+        "type": record.type or "",
+        "source": record.source or "",
+        "event_id": record.event_id or "",
+        "reasons": ";".join(codes),
+        "kind": "rejection",
+        "outcome": "rejected",
+    }
+    return [row.get(column, "") for column in EXPORT_COLUMNS]
+
+
+def iter_rejections(
+    store: EventStore, client_id: str | None = None, page: int = 1000
+) -> Iterator[tuple[int, RejectedRecord]]:
+    """The rejected log in recorded order (`position`), read a page at a time."""
+    after = 0
+    while rows := store.rejections(limit=page, after=after):
+        for position, record in rows:
+            if client_id is None or record.client_id == client_id:
+                yield position, record
+        after = rows[-1][0]
+        if len(rows) < page:
+            return
+
+
+# --- the access log's hash chain -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AccessLogCheck:
+    """What `verify_access_log` found: rows checked, the chain's head, divergences."""
+
+    rows: int = 0
+    head_position: int | None = None
+    head_hash: str = GENESIS_HASH
+    divergences: list[Divergence] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": not self.divergences,
+            "rows": self.rows,
+            "head_position": self.head_position,
+            "head_hash": self.head_hash,
+        }
+
+
+def verify_access_log(
+    access_log: AccessLog, expected_head: tuple[int, str] | None = None
+) -> AccessLogCheck:
+    """Walk the access log's chain in position order; name each removed or altered row.
+
+    `expected_head` is a (position, hash) printed by an earlier verify and kept outside the
+    database: the chain must still hold that row with that hash. This catches what a chain
+    alone cannot: rows removed from the end, or a chain recomputed after an edit.
+
+    A row whose hash no longer matches its fields was altered. A row whose `prev_hash` does
+    not match the row before it follows removed rows (the positions missing say which) or
+    a row altered and re-hashed (positions contiguous: the row before it). Divergences use
+    kind `access-log`, the position as `seq` and the row's client as `client_id`.
+    """
+    check = AccessLogCheck()
+    previous_hash, previous_position = GENESIS_HASH, 0
+    found = check.divergences.append
+    head_seen = False
+    for row in iter_entries(access_log):
+        check.rows += 1
+        position = row.position or 0
+        if expected_head is not None and position == expected_head[0]:
+            head_seen = True
+            if row.hash != expected_head[1]:
+                found(
+                    Divergence(
+                        row.client_id or "-",
+                        position,
+                        "access-log",
+                        f"access-log row {position} no longer has the hash recorded earlier:"
+                        " the chain was rewritten",
+                    )
+                )
+        where = f"access-log row {position} ({row.action} by {row.who} at {row.at})"
+
+        def divergence(detail: str, row: AccessRecord = row, position: int = position) -> None:
+            found(Divergence(row.client_id or "-", position, "access-log", detail))
+
+        if row.hash is None:
+            divergence(f"{where} has no hash: written outside the chain")
+            previous_hash, previous_position = GENESIS_HASH, position
+            continue
+        if access_hash(row) != row.hash:
+            divergence(f"{where} was altered: its hash does not match its content")
+        if row.prev_hash != previous_hash:
+            if position - previous_position > 1:
+                missing = (
+                    f"{previous_position + 1}"
+                    if position - previous_position == 2
+                    else f"{previous_position + 1}..{position - 1}"
+                )
+                divergence(f"row(s) {missing} removed: {where} does not link to the row before")
+            elif previous_position == 0:
+                divergence(f"{where} does not start the chain: earlier rows were removed")
+            else:
+                divergence(
+                    f"access-log row {previous_position} was altered and re-hashed:"
+                    f" row {position} no longer links to it"
+                )
+        previous_hash, previous_position = row.hash, position
+    check.head_position = previous_position or None
+    check.head_hash = previous_hash
+    if expected_head is not None and not head_seen:
+        found(
+            Divergence(
+                "-",
+                expected_head[0],
+                "access-log",
+                f"access-log row {expected_head[0]}, the head recorded earlier, is gone:"
+                " rows were removed from the end",
+            )
+        )
+    return check
+
+
+ACCESS_LOG_COLUMNS = (
+    "position",
+    "at",
+    "who",
+    "role",
+    "action",
+    "client_id",
+    "detail",
+    "prev_hash",
+    "hash",
+)
+
+
+def write_access_log(rows: Iterable[AccessRecord], out: TextIO, fmt: str = "jsonl") -> int:
+    """The access log for the privacy officer: JSON lines or CSV, with the chain columns,
+    so a copy can be checked against `kapflow verify`'s head later."""
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(ACCESS_LOG_COLUMNS)
     count = 0
-    for entry in entries:
-        writer.writerow(_csv_row(entry))
+    for row in rows:
+        record = row.as_dict()
+        if writer is not None:
+            writer.writerow(["" if record[c] is None else record[c] for c in ACCESS_LOG_COLUMNS])
+        else:
+            out.write(compact_json(record) + "\n")
         count += 1
     return count
-
-
-def csv_text(entries: Iterable[HistoryEntry]) -> Iterator[str]:
-    """CSV export as chunks of text, for streaming HTTP responses."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(EXPORT_COLUMNS)
-    for entry in entries:
-        writer.writerow(_csv_row(entry))
-        if buffer.tell() > 64_000:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()

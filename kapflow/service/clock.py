@@ -2,10 +2,14 @@
 
 The engine never reads a clock. Whoever runs kapflow (the `serve` ticker, each Kafka
 worker for the clients of its partitions, or an operator with `kapflow tick --now T`)
-asks this module what fell due, and records one `system.deadline_reached` event per task
-deadline or timer through the normal ingest path. The event id is derived from the task
-and its due time, and the event `time` is the due time itself, so firing twice (a
-restart, two workers, two ticks) is a duplicate, and a replay reproduces it exactly.
+ticks one `CareClock`: it asks what fell due, and records one `system.deadline_reached`
+event per task deadline or timer through that runtime's way of recording events, then
+expires stale parked events the same way. The runtimes differ only in that way (the
+service directly, serve's single writer, the worker's events topic).
+
+The event id is derived from the task and its due time, and the event `time` is the due
+time itself, so firing twice (a restart, two workers, two ticks) is a duplicate, and a
+replay reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from kapflow.service.ingest import IngestResult, IngestService
 from kapflow.store.base import EventStore
+from kapflow.store.due import deadline_event_id
 from workflow.policy import CarePolicy
 from workflow.tasks import iso
 from workflow.timers import CLOCK_SOURCE, timers
@@ -50,7 +55,7 @@ class Deadline:
         """The `system.deadline_reached` CloudEvent that records this deadline."""
         return {
             "specversion": "1.0",
-            "id": f"deadline:{self.task_id}:{self.due}",
+            "id": deadline_event_id(self.task_id, self.due),
             "source": CLOCK_SOURCE,
             "type": "system.deadline_reached",
             "subject": self.client_id,
@@ -67,9 +72,11 @@ def deadlines(
     limit = iso(until + timedelta(seconds=1))  # `due_before` is exclusive
     found = [
         Deadline(t.for_, t.id, "task", t.code, t.due, t.owner, t.priority)
-        for t in store.tasks(open_only=True, due_before=limit, limit=10**9)
+        # Only open tasks whose deadline is not recorded yet (an index on `fires_at`).
+        for t in store.tasks_due(limit, limit=10**9)
     ]
-    for client in store.clients(limit=10**9):
+    # Only clients with a timer due that is not recorded yet (an index on `next_due`).
+    for client in store.clients_due(limit, limit=10**9):
         for timer in timers(client, policy):
             if timer.due < limit:
                 found.append(Deadline(client.client_id, timer.id, "timer", timer.kind, timer.due))
@@ -124,9 +131,31 @@ def fire_deadlines(
     return fired
 
 
+Expire = Callable[[datetime, Owns | None], list[IngestResult]]
+
+
+@dataclass(slots=True)
+class CareClock:
+    """kapflow's one clock: `tick(now)` records what fell due by `now` through `record` and
+    expires parked events past the parking window through `expire`."""
+
+    store: EventStore
+    policy: CarePolicy
+    record: Record
+    expire: Expire
+
+    @classmethod
+    def over(cls, service: IngestService) -> CareClock:
+        """The clock that records straight through `service` (CLI, tests, the demo)."""
+        return cls(service.store, service.policy, service.ingest_batch, service.expire_parked)
+
+    def tick(self, now: datetime, owns: Owns | None = None) -> TickReport:
+        report = TickReport(iso(now))
+        report.fired = fire_deadlines(self.record, self.store, self.policy, now, owns)
+        report.expired_parked = self.expire(now, owns)
+        return report
+
+
 def tick(service: IngestService, now: datetime, owns: Owns | None = None) -> TickReport:
-    """Record what fell due by `now`, and reject parked events past the parking window."""
-    report = TickReport(iso(now))
-    report.fired = fire_deadlines(service.ingest_batch, service.store, service.policy, now, owns)
-    report.expired_parked = service.expire_parked(now, owns)
-    return report
+    """Record what fell due by `now`, and expire parked events past the parking window."""
+    return CareClock.over(service).tick(now, owns)

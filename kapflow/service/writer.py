@@ -15,6 +15,12 @@ A request is atomic: its events are never split across transactions. If a shared
 transaction fails, each request in the group is retried alone, so one poison request
 (or a database hiccup) fails only the requests it touched.
 
+Every other write goes through it too: `execute` runs a command of the service layer
+(expiring parked events, say) in the writer thread, alone in its turn, so it is ordered
+with the events and its commit reaches the same listeners (metrics, live streams);
+`maintain` runs upkeep that records nothing (pruning published outbox rows) the same way,
+so it never competes with the writer for the database.
+
 Reusable by any runtime: `submit` returns a `concurrent.futures.Future`; `publish` awaits it
 from asyncio.
 """
@@ -29,17 +35,27 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from kapflow.service.ingest import IngestResult, IngestService, RawInput
+from kapflow.service.isolation import isolate_failure
+from kapflow.store.base import EventStore
 
 log = logging.getLogger("kapflow.writer")
+
+
+Command = Callable[[IngestService], list[IngestResult]]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class _Request:
     items: Sequence[RawInput]
-    future: Future[list[IngestResult]]
+    future: Future[Any]
     enqueued: float
+    # Instead of items: a command run alone in its turn; upkeep when `records` is False.
+    command: Callable[[IngestService], Any] | None = None
+    records: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +150,24 @@ class SingleWriter:
             self._cond.notify()
         return future
 
+    def execute(self, command: Command) -> Future[list[IngestResult]]:
+        """Run `command` over the service in the writer thread, in turn with every batch."""
+        return self._enqueue(_Request((), Future(), time.perf_counter(), command))
+
+    def maintain(self, upkeep: Callable[[EventStore], T]) -> Future[T]:
+        """Run `upkeep` (a write that records nothing) on the store in the writer thread."""
+        return self._enqueue(
+            _Request((), Future(), time.perf_counter(), lambda s: upkeep(s.store), False)
+        )
+
+    def _enqueue(self, request: _Request) -> Future[Any]:
+        with self._cond:
+            if self._closing or not self._thread.is_alive():
+                raise WriterClosed("the writer is not running")
+            self._queue.pending.append(request)
+            self._cond.notify()
+        return request.future
+
     async def publish(self, items: Sequence[RawInput]) -> list[IngestResult]:
         return await asyncio.wrap_future(self.submit(items))
 
@@ -151,7 +185,12 @@ class SingleWriter:
             events = 0
             pending = self._queue.pending
             while pending and (
-                not group or events + len(pending[0].items) <= self.max_group_events
+                not group
+                or (
+                    events + len(pending[0].items) <= self.max_group_events
+                    and pending[0].command is None
+                    and group[0].command is None
+                )
             ):
                 request = pending.popleft()
                 self._queue.events -= len(request.items)
@@ -171,27 +210,42 @@ class SingleWriter:
 
     def _apply(self, group: list[_Request]) -> None:
         items = [item for request in group for item in request.items]
+        command = group[0].command
         started = time.perf_counter()
         try:
-            results = self.service.ingest_batch(items)
+            results = command(self.service) if command else self.service.ingest_batch(items)
         except Exception as error:  # noqa: BLE001 - isolated below, reported per request
             self.stats.failed_transactions += 1
-            if len(group) == 1:
-                log.error("ingest failed for a request of %d events: %s", len(items), error)
+            if command is not None:
                 group[0].future.set_exception(error)
                 return
-            log.warning("group of %d requests failed (%s); retrying each alone", len(group), error)
-            for request in group:
-                self._apply([request])
+            if len(group) == 1:
+                try:
+                    # Not the store (that is a StoreError, re-raised: 503, retry): an input
+                    # of this request. It is dead-lettered alone, the rest recorded.
+                    results = isolate_failure(self.service, items, error)
+                except Exception as failure:  # noqa: BLE001 - reported to the request
+                    log.error("ingest failed for a request of %d events: %s", len(items), failure)
+                    group[0].future.set_exception(failure)
+                    return
+            else:
+                log.warning(
+                    "group of %d requests failed (%s); retrying each alone", len(group), error
+                )
+                for request in group:
+                    self._apply([request])
+                return
+        if command is not None and (not group[0].records or not results):
+            group[0].future.set_result(results)  # upkeep, or nothing recorded: no commit
             return
         finished = time.perf_counter()
         self.stats.transactions += 1
         self.stats.requests += len(group)
-        self.stats.events += len(items)
+        self.stats.events += len(results)
         self.stats.largest_group = max(self.stats.largest_group, len(group))
         offset = 0
         for request in group:
-            size = len(request.items)
+            size = len(results) if request.command else len(request.items)
             request.future.set_result(results[offset : offset + size])
             offset += size
         commit = Commit(

@@ -1,22 +1,40 @@
-"""Store adapters behind one interface; `open_store(url)` is the one place they are chosen."""
+"""Where state is stored: the store interface (`base.py`) and its adapters, opened by URL
+(`database.py` says which adapter a URL names)."""
 
 from __future__ import annotations
 
 from kapflow.store.base import EventStore, StoreError
+from kapflow.store.codec import StorageCipher, cipher_from_environment
+from kapflow.store.database import DEFAULT_DB_URL, database_kind
+from workflow.policy import DEFAULT_POLICY, CarePolicy
 
-DEFAULT_DB_URL = "sqlite:///./kapflow.db"
 
+def open_store(
+    url: str = DEFAULT_DB_URL,
+    policy: CarePolicy = DEFAULT_POLICY,
+    *,
+    cipher: StorageCipher | None = None,
+) -> EventStore:
+    """The store at `url`, migrated in place if an earlier release wrote it.
 
-def open_store(url: str = DEFAULT_DB_URL) -> EventStore:
-    if url.startswith("sqlite:///"):
+    `policy` is the one the clock judges timers by: the store keeps each client's next
+    timer due time with every snapshot it writes. `cipher` encrypts the stored clinical
+    values (store/codec.py); None takes the key `KAPFLOW_ENCRYPTION_KEY` or
+    `KAPFLOW_ENCRYPTION_KEY_FILE` names, if either is set. An encrypted store opened
+    without its key is refused.
+    """
+    if cipher is None:
+        try:
+            cipher = cipher_from_environment()
+        except ValueError as error:
+            raise StoreError(f"encryption at rest: {error}") from None
+    if database_kind(url) == "sqlite":
         from kapflow.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from kapflow.store.postgres import PostgresStore
+        return SQLiteStore(url, policy, cipher=cipher)
+    from kapflow.store.postgres import PostgresStore
 
-        return PostgresStore(url)
-    raise StoreError("unsupported database URL: use sqlite:///PATH or postgresql://…")
+    return PostgresStore(url, policy=policy, cipher=cipher)
 
 
 __all__ = ["DEFAULT_DB_URL", "EventStore", "StoreError", "open_store"]

@@ -194,8 +194,19 @@ class StoreError(Exception):
     """A database problem the caller may retry (lost connection, lock conflict)."""
 
 
+class UnstorableData(Exception):
+    """The database refused a value of the batch itself (a character PostgreSQL text cannot
+    hold, a constraint the data breaks): retried, the same batch fails the same way.
+
+    Deliberately not a `StoreError`, which means "the store is unwell, retry": a caller
+    that gets this must find the input at fault (see service/isolation), not wait.
+    """
+
+
 class EventStore(Protocol):
     url: str
+    # The schema version this store was migrated from when it was opened, or None.
+    migrated_from: str | None
 
     def transaction(self) -> AbstractContextManager[StoreTransaction]: ...
 
@@ -207,6 +218,12 @@ class EventStore(Protocol):
     def client_ids(self) -> Iterator[str]: ...
 
     def count_by_state(self) -> dict[str, int]: ...
+
+    def clients_due(self, before: str, limit: int = 100_000) -> list[ClientSnapshot]: ...
+
+    def tasks_due(self, before: str, limit: int = 100_000) -> list[Task]: ...
+
+    def open_task_counts(self, overdue_before: str) -> dict[str, tuple[int, int]]: ...
 
     def history(self, client_id: str) -> list[HistoryEntry]: ...
 
@@ -222,7 +239,11 @@ class EventStore(Protocol):
         limit: int = 10000,
     ) -> list[Task]: ...
 
-    def rejections(self, limit: int = 100, after: int = 0) -> list[tuple[int, RejectedRecord]]: ...
+    def task(self, task_id: str) -> Task | None: ...
+
+    def rejections(
+        self, limit: int = 100, after: int = 0, client_id: str | None = None
+    ) -> list[tuple[int, RejectedRecord]]: ...
 
     def parked_events(self, client_id: str | None = None) -> list[ParkedEvent]: ...
 
@@ -232,6 +253,12 @@ class EventStore(Protocol):
 
     def mark_published(self, positions: list[int], at: str) -> None: ...
 
+    def prune_outbox(self, published_before: str) -> int: ...
+
     def stats(self) -> dict[str, int]: ...
+
+    # Re-encode every stored codec value not sealed with the store cipher's first key, one
+    # transaction per chunk, yielding how many each rewrote (`kapflow rotate-key`).
+    def reseal(self, chunk: int = 500) -> Iterator[int]: ...
 
     def close(self) -> None: ...

@@ -20,8 +20,9 @@ writer lock are rebuilt here per client:
   must become visible in increasing order. Identity values are handed out at insert time,
   not at commit, so the tail of every write (rejections, outbox, commit) runs under one
   append lock: a later position can never commit before an earlier one.
-- JSON columns are TEXT, not JSONB: history hashes are computed over the exact recorded
-  text, which JSONB would re-serialise; the other JSON columns are only ever read whole.
+- The bulky JSON columns are BYTEA holding codec values (store/codec.py: compressed, and
+  encrypted when a key is set), not JSONB: history hashes are computed over the exact
+  recorded text, which JSONB would re-serialise, and they are only ever read whole.
 - Every text column is COLLATE "C", so ORDER BY and `due < T` compare bytes exactly as
   SQLite does, whatever the database's default collation.
 
@@ -53,10 +54,31 @@ from kapflow.store.base import (
     HistoryEntry,
     ParkedEvent,
     StoreError,
+    UnstorableData,
 )
-from kapflow.store.sql import HISTORY_COLUMNS, SqlReads
+from kapflow.store.codec import KEY_CHECK_META, StorageCipher, StorageCodec
+from kapflow.store.database import APPEND_LOCK as _APPEND_LOCK
+from kapflow.store.database import KAPFLOW_LOCKS
+from kapflow.store.database import SCHEMA_LOCK as _SCHEMA_LOCK
+from kapflow.store.due import CLOCK_MARK, ReceiptKey, fire_times, next_dues, recorded_until
+from kapflow.store.sql import (
+    ENCODED_COLUMNS,
+    HISTORY_COLUMNS,
+    OPEN_STATUS_SQL,
+    SCHEMA_VERSION,
+    SqlReads,
+    history_entry,
+    history_row,
+    parked_event,
+    parked_row,
+    rejection_row,
+    snapshot_of,
+    task_of,
+)
 from workflow.client import ClientSnapshot
+from workflow.policy import DEFAULT_POLICY, CarePolicy
 from workflow.tasks import OPEN_STATUSES
+from workflow.timers import CLOCK_SOURCE
 
 log = logging.getLogger("kapflow.store.postgres")
 
@@ -74,10 +96,10 @@ CREATE TABLE IF NOT EXISTS history (
     pathway_version {_T} NOT NULL,
     from_state {_T} NOT NULL,
     to_state {_T} NOT NULL,
-    event {_T} NOT NULL,
-    outcome {_T} NOT NULL,
-    prev_hash {_T} NOT NULL,
-    hash {_T} NOT NULL,
+    event BYTEA NOT NULL,
+    outcome BYTEA NOT NULL,
+    prev_hash BYTEA NOT NULL,
+    hash BYTEA NOT NULL,
     UNIQUE (client_id, seq)
 );
 CREATE TABLE IF NOT EXISTS receipts (
@@ -92,7 +114,8 @@ CREATE TABLE IF NOT EXISTS clients (
     client_id {_T} NOT NULL UNIQUE,
     state {_T} NOT NULL,
     seq BIGINT NOT NULL,
-    snapshot {_T} NOT NULL
+    snapshot BYTEA NOT NULL,
+    next_due {_T}
 );
 CREATE INDEX IF NOT EXISTS clients_by_state ON clients (state);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -101,7 +124,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     status {_T} NOT NULL,
     owner {_T} NOT NULL,
     due {_T} NOT NULL,
-    task {_T} NOT NULL
+    task BYTEA NOT NULL,
+    fires_at {_T}
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status, owner, due);
 CREATE INDEX IF NOT EXISTS tasks_by_client ON tasks (client_id);
@@ -114,8 +138,8 @@ CREATE TABLE IF NOT EXISTS rejections (
     client_id {_T},
     type {_T},
     recorded_at {_T} NOT NULL,
-    reasons {_T} NOT NULL,
-    original {_T} NOT NULL,
+    reasons BYTEA NOT NULL,
+    original BYTEA NOT NULL,
     UNIQUE (key_source, key_id)
 );
 CREATE TABLE IF NOT EXISTS parked (
@@ -126,8 +150,8 @@ CREATE TABLE IF NOT EXISTS parked (
     type {_T} NOT NULL,
     occurred_at {_T} NOT NULL,
     recorded_at {_T} NOT NULL,
-    event {_T} NOT NULL,
-    reasons {_T} NOT NULL,
+    event BYTEA NOT NULL,
+    reasons BYTEA NOT NULL,
     UNIQUE (source, event_id)
 );
 CREATE INDEX IF NOT EXISTS parked_by_client ON parked (client_id, arrival);
@@ -145,15 +169,15 @@ CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (position) WHERE publish
 CREATE TABLE IF NOT EXISTS meta (key {_T} PRIMARY KEY, value {_T} NOT NULL);
 """
 
-SCHEMA_VERSION = "1"
-
-# Advisory locks: client locks use the one-bigint key space, kapflow's own locks the
-# two-int key space, which PostgreSQL keeps apart, so a client hash can never collide
-# with them.
-KAPFLOW_LOCKS = 0x6B617066  # "kapf"
-_SCHEMA_LOCK = 1
-_APPEND_LOCK = 2
-RELAY_LOCK = 3  # held for a session by the one outbox relay (publishers/lease.py)
+# Version 2 (issue 10): the clock reads only the clients and tasks with a deadline due
+# that it has not recorded yet, and pruning reads only old published rows.
+INDEXES_2 = """
+CREATE INDEX IF NOT EXISTS clients_next_due ON clients (next_due) WHERE next_due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_fire_at ON tasks (fires_at) WHERE fires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_published ON outbox (published_at)
+    WHERE published_at IS NOT NULL;
+"""
+SCHEMA += INDEXES_2
 
 CONNECT_TIMEOUT_S = 5
 # How long a caller waits for a pooled connection while the server is up (all connections
@@ -209,8 +233,9 @@ def _describe(conninfo: str) -> str:
     return f"{user + '@' if user else ''}{host}:{port}/{params.get('dbname') or user}"
 
 
-def _store_error(error: psycopg.Error, doing: str, where: str) -> StoreError:
-    """A retryable `StoreError` naming what failed, without row data.
+def _store_error(error: psycopg.Error, doing: str, where: str) -> StoreError | UnstorableData:
+    """A retryable `StoreError` naming what failed, without row data; `UnstorableData` when
+    the data itself was refused (SQLSTATE class 22, or a constraint no retry can satisfy).
 
     Server messages can carry a DETAIL with the failing row (event payloads), so only the
     SQLSTATE, the primary message and the constraint name are kept, and the original
@@ -224,6 +249,11 @@ def _store_error(error: psycopg.Error, doing: str, where: str) -> StoreError:
             f"{doing}: conflict with a concurrent writer{constraint}: {primary}"
             f" [{error.sqlstate}]; nothing was recorded, retry the batch"
         )
+    if isinstance(error, psycopg.DataError | psycopg.IntegrityError):
+        return UnstorableData(
+            f"{doing}: PostgreSQL refused a value of the batch: {primary}"
+            f" [{error.sqlstate or 'client'}]; retrying the same batch cannot succeed"
+        )
     if isinstance(error, psycopg.OperationalError):
         return StoreError(
             f"{doing}: lost the connection to PostgreSQL at {where}: {primary.strip()};"
@@ -232,9 +262,26 @@ def _store_error(error: psycopg.Error, doing: str, where: str) -> StoreError:
     return StoreError(f"{doing} failed on PostgreSQL at {where}: {primary} [{error.sqlstate}]")
 
 
+def _stored_receipts(conn: psycopg.Connection[Any], keys: list[ReceiptKey]) -> set[ReceiptKey]:
+    """Which of these receipt keys the store holds: one primary-key probe per key."""
+    if not keys:
+        return set()
+    rows = conn.execute(
+        "SELECT r.source, r.event_id FROM receipts r"
+        " JOIN unnest(%b::text[], %b::text[]) AS k(source, event_id)"
+        " ON r.source = k.source AND r.event_id = k.event_id",
+        _columns(keys),
+    ).fetchall()
+    return {(source, event_id) for source, event_id in rows}
+
+
 class _Transaction:
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], policy: CarePolicy, codec: StorageCodec
+    ) -> None:
         self._conn = conn
+        self._policy = policy
+        self._codec = codec
         # Receipt keys known to have a row: only these may be overwritten (a parked
         # event's receipt becoming accepted or rejected). Any other receipt must be new.
         self._existing: set[tuple[str, str]] = set()
@@ -277,7 +324,7 @@ class _Transaction:
                 (ids,),
             )
         found = {
-            client_id: ClientSnapshot.from_record(orjson.loads(snapshot))
+            client_id: snapshot_of(snapshot, self._codec)
             for client_id, snapshot in cursor.fetchall()
         }
         self._locked.update(unlocked)
@@ -290,14 +337,46 @@ class _Transaction:
             " FROM parked WHERE client_id = %s ORDER BY arrival",
             (client_id,),
         ).fetchall()
-        parked = [ParkedEvent(*row) for row in rows]
+        parked = [parked_event(row, self._codec) for row in rows]
         self._existing.update((p.source, p.event_id) for p in parked)
         return parked
+
+    def _clock_mark(self, batch: BatchWrites) -> str | None:
+        """The latest due time the clock has recorded, this batch included (kept in meta).
+
+        A deadline of a client is recorded only under that client's lock, in a transaction
+        that also raised the mark; this one holds the lock now, so it reads a mark at least
+        as late as any deadline of its clients. Workers raising it at once keep the greater.
+        """
+        row = self._conn.execute("SELECT value FROM meta WHERE key = %s", (CLOCK_MARK,)).fetchone()
+        previous = row[0] if row else None
+        mark = recorded_until(previous, batch.receipts)
+        if mark != previous:
+            self._conn.execute(
+                "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key)"
+                " DO UPDATE SET value = GREATEST(meta.value, excluded.value)",
+                (CLOCK_MARK, mark),
+            )
+        return mark
 
     def write(self, batch: BatchWrites) -> None:
         conn = self._conn
         fresh = [r for key, r in batch.receipts.items() if key not in self._existing]
         rewritten = [r for key, r in batch.receipts.items() if key in self._existing]
+        clock_mark = self._clock_mark(batch)
+        dues = next_dues(
+            batch.clients.values(),
+            self._policy,
+            lambda keys: _stored_receipts(conn, keys),
+            batch.receipts,
+            clock_mark,
+        )
+        fires = fire_times(
+            batch.tasks.values(),
+            lambda keys: _stored_receipts(conn, keys),
+            batch.receipts,
+            clock_mark,
+        )
         # One statement per table with the rows as arrays, all in one pipeline: one round
         # trip for the whole batch. Measured on a 20,000-event cohort, end to end through
         # IngestService: about 1.4x the ingest rate of executemany in pipeline mode, whose
@@ -305,7 +384,8 @@ class _Transaction:
         with conn.pipeline(), conn.cursor() as cursor:
             insert = functools.partial(_insert, cursor)
             # Client-scoped writes first: their conflicts surface before the append lock.
-            insert("history", [_HISTORY_ROW(e) for e in batch.history])
+            codec = self._codec
+            insert("history", [history_row(e, codec) for e in batch.history])
             insert("receipts", [_RECEIPT_ROW(r) for r in fresh])
             insert(
                 "receipts",
@@ -320,24 +400,39 @@ class _Transaction:
                     " WHERE p.source = k.source AND p.event_id = k.event_id",
                     _columns(sorted(batch.parked_removed)),
                 )
-            insert("parked", [_PARKED_ROW(p) for p in batch.parked_added.values()])
+            insert("parked", [parked_row(p, codec) for p in batch.parked_added.values()])
             insert(
                 "clients",
                 [
-                    (c.client_id, c.state, c.seq, orjson.dumps(c.to_record()).decode())
+                    (
+                        c.client_id,
+                        c.state,
+                        c.seq,
+                        codec.encode(orjson.dumps(c.to_record()).decode()),
+                        dues[c.client_id],
+                    )
                     for c in batch.clients.values()
                 ],
-                "ON CONFLICT (client_id) DO UPDATE SET"
-                " state = excluded.state, seq = excluded.seq, snapshot = excluded.snapshot",
+                "ON CONFLICT (client_id) DO UPDATE SET state = excluded.state,"
+                " seq = excluded.seq, snapshot = excluded.snapshot, next_due = excluded.next_due",
             )
             insert(
                 "tasks",
                 [
-                    (t.id, t.for_, t.status, t.owner, t.due, orjson.dumps(t.as_dict()).decode())
+                    (
+                        t.id,
+                        t.for_,
+                        t.status,
+                        t.owner,
+                        t.due,
+                        codec.encode(orjson.dumps(t.as_dict()).decode()),
+                        fires[t.id],
+                    )
                     for t in batch.tasks.values()
                 ],
                 "ON CONFLICT (task_id) DO UPDATE SET status = excluded.status,"
-                " owner = excluded.owner, due = excluded.due, task = excluded.task",
+                " owner = excluded.owner, due = excluded.due, task = excluded.task,"
+                " fires_at = excluded.fires_at",
             )
             if not (batch.rejections or batch.outbox):
                 return
@@ -345,7 +440,7 @@ class _Transaction:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", (KAPFLOW_LOCKS, _APPEND_LOCK))
             insert(
                 "rejections",
-                [_REJECTION_ROW(r) for r in batch.rejections],
+                [rejection_row(r, codec) for r in batch.rejections],
                 "ON CONFLICT (key_source, key_id) DO NOTHING",
             )
             insert("outbox", [_OUTBOX_ROW(r) for r in batch.outbox])
@@ -360,8 +455,13 @@ class PostgresStore(SqlReads):
         *,
         max_connections: int = 8,
         checkout_timeout: float = CHECKOUT_TIMEOUT_S,
+        policy: CarePolicy = DEFAULT_POLICY,
+        cipher: StorageCipher | None = None,
     ) -> None:
         self.url = url
+        self.policy = policy
+        self.codec = StorageCodec(cipher)
+        self.migrated_from: str | None = None
         self._conninfo = conninfo_from_url(url)
         self._where = _describe(self._conninfo)
         self._max_connections = max(2, max_connections)  # a streamed read + reads inside it
@@ -381,22 +481,121 @@ class PostgresStore(SqlReads):
                 # CREATE INDEX IF NOT EXISTS takes a table lock that would make every
                 # `kapflow client` call queue behind, and hold up, the writing workers.
                 if self._schema_version(conn) == SCHEMA_VERSION:
+                    self._check_key(conn)
                     return
                 with conn.transaction():
                     # Two processes opening a fresh database at once must not race on DDL.
                     conn.execute(
                         "SELECT pg_advisory_xact_lock(%s, %s)", (KAPFLOW_LOCKS, _SCHEMA_LOCK)
                     )
+                    found = self._schema_version(conn)
+                    if found is not None and int(found) > int(SCHEMA_VERSION):
+                        raise StoreError(
+                            f"this store has schema version {found}, newer than this kapflow"
+                            f" ({SCHEMA_VERSION}): upgrade kapflow"
+                        )
+                    if found is not None and found != SCHEMA_VERSION:
+                        self._migrate(conn, found)
                     conn.execute(SCHEMA)
                     conn.execute(
                         "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
                         (SCHEMA_VERSION,),
                     )
+                self._check_key(conn)
+            if self.migrated_from is not None:
+                log.warning(
+                    "store %s migrated in place from schema version %s to %s",
+                    self._where,
+                    self.migrated_from,
+                    SCHEMA_VERSION,
+                )
         except psycopg.Error as error:
             reason = (error.diag.message_primary or str(error)).strip()
             raise StoreError(
                 f"cannot open PostgreSQL database at {self._where}: {reason}"
             ) from None
+
+    def _check_key(self, conn: psycopg.Connection[Any]) -> None:
+        """Refuse an encrypted store without its key; mark a store encrypted from now on."""
+        check = self.codec.key_check()
+        if check is not None:
+            conn.execute(
+                "INSERT INTO meta VALUES (%s, %s) ON CONFLICT DO NOTHING", (KEY_CHECK_META, check)
+            )
+        row = conn.execute("SELECT value FROM meta WHERE key = %s", (KEY_CHECK_META,)).fetchone()
+        self.codec.check_key(row[0] if row else None)
+
+    def _migrate(self, conn: psycopg.Connection[Any], found: str) -> None:
+        """An earlier schema version to this one in place, in the caller's transaction."""
+        if int(found) < 2:
+            self._migrate_to_2(conn)
+        # Version 2 → 3: TEXT cannot hold the codec's bytes. The old text becomes format
+        # 0x00 (plain UTF-8) and the hex hashes their UTF-8 bytes, all read back as before.
+        # Only columns still TEXT are converted (each table rewritten once).
+        text_columns = {
+            (str(table), str(column))
+            for table, column in conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND data_type = 'text'"
+            ).fetchall()
+        }
+        hashes = {"prev_hash": "convert_to(prev_hash, 'UTF8')", "hash": "convert_to(hash, 'UTF8')"}
+        for table, (_, columns) in ENCODED_COLUMNS.items():
+            conversions = {
+                column: f"'\\x00'::bytea || convert_to({column}, 'UTF8')" for column in columns
+            } | (hashes if table == "history" else {})
+            alterations = [
+                f"ALTER COLUMN {column} TYPE BYTEA USING {conversion}"
+                for column, conversion in conversions.items()
+                if (table, column) in text_columns
+            ]
+            if alterations:
+                conn.execute(f"ALTER TABLE {table} {', '.join(alterations)}")
+        conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        self.migrated_from = found
+
+    def _migrate_to_2(self, conn: psycopg.Connection[Any]) -> None:
+        """Version 1 → 2: the clock's columns (filled from every snapshot and open task)
+        and the indexes of version 2."""
+        conn.execute(f"ALTER TABLE clients ADD COLUMN IF NOT EXISTS next_due {_T}")
+        conn.execute(f"ALTER TABLE tasks ADD COLUMN IF NOT EXISTS fires_at {_T}")
+        conn.execute(INDEXES_2)
+        after = ""
+        while rows := conn.execute(
+            "SELECT client_id, snapshot FROM clients WHERE client_id > %s"
+            " ORDER BY client_id LIMIT 1000",
+            (after,),
+        ).fetchall():
+            after = rows[-1][0]
+            snapshots = [snapshot_of(row[1], self.codec) for row in rows]
+            dues = next_dues(snapshots, self.policy, lambda keys: _stored_receipts(conn, keys))
+            conn.execute(
+                "UPDATE clients c SET next_due = d.next_due"
+                " FROM unnest(%b::text[], %b::text[]) AS d(client_id, next_due)"
+                " WHERE c.client_id = d.client_id",
+                (list(dues), list(dues.values())),
+            )
+        after = ""
+        while rows := conn.execute(
+            f"SELECT task_id, task FROM tasks WHERE status IN ({OPEN_STATUS_SQL})"
+            " AND task_id > %s ORDER BY task_id LIMIT 1000",
+            (after,),
+        ).fetchall():
+            after = rows[-1][0]
+            tasks = [task_of(row[1], self.codec) for row in rows]
+            fires = fire_times(tasks, lambda keys: _stored_receipts(conn, keys))
+            conn.execute(
+                "UPDATE tasks t SET fires_at = f.fires_at"
+                " FROM unnest(%b::text[], %b::text[]) AS f(task_id, fires_at)"
+                " WHERE t.task_id = f.task_id",
+                (list(fires), list(fires.values())),
+            )
+        clock_receipts = conn.execute(
+            "SELECT source, event_id FROM receipts WHERE source = %s", (CLOCK_SOURCE,)
+        ).fetchall()
+        mark = recorded_until(None, clock_receipts)
+        if mark is not None:
+            conn.execute("INSERT INTO meta VALUES (%s, %s)", (CLOCK_MARK, mark))
 
     @staticmethod
     def _schema_version(conn: psycopg.Connection[Any]) -> str | None:
@@ -516,7 +715,7 @@ class PostgresStore(SqlReads):
         pool, conn = self._begin("starting a write transaction")
         try:
             try:
-                yield _Transaction(conn)
+                yield _Transaction(conn, self.policy, self.codec)
             except psycopg.Error as error:
                 self._rollback(conn)
                 self._lost(error, "write transaction")
@@ -568,7 +767,7 @@ class PostgresStore(SqlReads):
     # Reads ----------------------------------------------------------------------------
     def get_client(self, client_id: str) -> ClientSnapshot | None:
         rows = self._query("SELECT snapshot FROM clients WHERE client_id = %s", (client_id,))
-        return ClientSnapshot.from_record(orjson.loads(rows[0][0])) if rows else None
+        return snapshot_of(rows[0][0], self.codec) if rows else None
 
     def clients(self, state: str | None = None, limit: int = 1000) -> list[ClientSnapshot]:
         if state is None:
@@ -578,7 +777,7 @@ class PostgresStore(SqlReads):
                 "SELECT snapshot FROM clients WHERE state = %s ORDER BY client_id LIMIT %s",
                 (state, limit),
             )
-        return [ClientSnapshot.from_record(orjson.loads(row[0])) for row in rows]
+        return [snapshot_of(row[0], self.codec) for row in rows]
 
     def client_ids(self) -> Iterator[str]:
         for (client_id,) in self._stream("SELECT client_id FROM clients ORDER BY client_id"):
@@ -592,11 +791,11 @@ class PostgresStore(SqlReads):
             f"SELECT {HISTORY_COLUMNS} FROM history WHERE client_id = %s ORDER BY seq",
             (client_id,),
         )
-        return [HistoryEntry(*row) for row in rows]
+        return [history_entry(row, self.codec) for row in rows]
 
     def iter_history(self) -> Iterator[HistoryEntry]:
         for row in self._stream(f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY client_id, seq"):
-            yield HistoryEntry(*row)
+            yield history_entry(row, self.codec)
 
     def mark_published(self, positions: list[int], at: str) -> None:
         if not positions:
@@ -607,6 +806,66 @@ class PostgresStore(SqlReads):
             (at, list(positions)),
             rows=False,
         )
+
+    def reseal(self, chunk: int = 500) -> Iterator[int]:
+        """Re-encode every codec value not sealed with the cipher's first key (`kapflow
+        rotate-key`): one transaction per chunk, yielding how many values each rewrote.
+
+        Resumable: values already sealed with the first key are skipped, so an interrupted
+        run simply starts again. The key check moves to the new key once all are done.
+        """
+        codec = self.codec
+        for table, (key, columns) in ENCODED_COLUMNS.items():
+            after: Any = "" if key in ("client_id", "task_id") else -1
+            while rows := self._query(
+                f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE {key} > %s"
+                f" ORDER BY {key} LIMIT %s",
+                (after, chunk),
+            ):
+                after = rows[-1][0]
+                stale = [row for row in rows if any(map(codec.needs_reseal, row[1:]))]
+                if not stale:
+                    continue
+                assignments = ", ".join(f"{column} = %s" for column in columns)
+                pool, conn = self._begin("re-encrypting stored values")
+                try:
+                    conn.cursor().executemany(
+                        f"UPDATE {table} SET {assignments} WHERE {key} = %s",
+                        [
+                            (*(codec.encode(codec.decode(v)) for v in row[1:]), row[0])
+                            for row in stale
+                        ],
+                    )
+                    conn.execute("COMMIT")
+                except psycopg.Error as error:
+                    self._rollback(conn)
+                    self._lost(error, "re-encrypting stored values")
+                finally:
+                    pool.putconn(conn)
+                yield len(stale) * len(columns)
+        check = codec.key_check()
+        if check is not None:
+            self._query(
+                "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = %s",
+                (KEY_CHECK_META, check, check),
+                rows=False,
+            )
+
+    def prune_outbox(self, published_before: str) -> int:
+        """Delete outbox rows published before the given time; the number deleted."""
+        for attempt in range(2):
+            pool, conn = self._checkout()
+            try:
+                cursor = conn.execute(
+                    "DELETE FROM outbox WHERE published_at < %s", (published_before,)
+                )
+                return max(cursor.rowcount, 0)
+            except psycopg.Error as error:
+                failure = error
+            finally:
+                pool.putconn(conn)
+            self._dropped_while_idle(pool, conn, failure, attempt, "prune")
+        raise AssertionError("unreachable")
 
     def stats(self) -> dict[str, int]:
         tables = ("history", "clients", "tasks", "rejections", "parked", "outbox")
@@ -636,10 +895,10 @@ _INSERT_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("pathway_version", "text"),
         ("from_state", "text"),
         ("to_state", "text"),
-        ("event", "text"),
-        ("outcome", "text"),
-        ("prev_hash", "text"),
-        ("hash", "text"),
+        ("event", "bytea"),
+        ("outcome", "bytea"),
+        ("prev_hash", "bytea"),
+        ("hash", "bytea"),
     ),
     "receipts": (
         ("source", "text"),
@@ -655,17 +914,24 @@ _INSERT_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("type", "text"),
         ("occurred_at", "text"),
         ("recorded_at", "text"),
-        ("event", "text"),
-        ("reasons", "text"),
+        ("event", "bytea"),
+        ("reasons", "bytea"),
     ),
-    "clients": (("client_id", "text"), ("state", "text"), ("seq", "bigint"), ("snapshot", "text")),
+    "clients": (
+        ("client_id", "text"),
+        ("state", "text"),
+        ("seq", "bigint"),
+        ("snapshot", "bytea"),
+        ("next_due", "text"),
+    ),
     "tasks": (
         ("task_id", "text"),
         ("client_id", "text"),
         ("status", "text"),
         ("owner", "text"),
         ("due", "text"),
-        ("task", "text"),
+        ("task", "bytea"),
+        ("fires_at", "text"),
     ),
     "rejections": (
         ("key_source", "text"),
@@ -675,8 +941,8 @@ _INSERT_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("client_id", "text"),
         ("type", "text"),
         ("recorded_at", "text"),
-        ("reasons", "text"),
-        ("original", "text"),
+        ("reasons", "bytea"),
+        ("original", "bytea"),
     ),
     "outbox": (
         ("kind", "text"),
@@ -709,10 +975,7 @@ def _row_of(table: str) -> Callable[[Any], tuple[Any, ...]]:
     return attrgetter(*(name for name, _ in _INSERT_COLUMNS[table]))
 
 
-_HISTORY_ROW = _row_of("history")
 _RECEIPT_ROW = _row_of("receipts")
-_PARKED_ROW = _row_of("parked")
-_REJECTION_ROW = _row_of("rejections")
 _OUTBOX_ROW = _row_of("outbox")
 
 

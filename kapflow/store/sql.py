@@ -19,7 +19,28 @@ from kapflow.store.base import (
     ParkedEvent,
     RejectedRecord,
 )
+from kapflow.store.codec import StorageCodec, pack_hash, unpack_hash
+from workflow.client import ClientSnapshot
 from workflow.tasks import OPEN_STATUSES, Task
+
+# Version 2 (issue 10): clients.next_due and the indexes every hot-path read needs.
+# Version 3 (issues 9 and 10): the bulky JSON columns hold codec values (compressed, and
+# encrypted when a key is set; store/codec.py) and the history hashes their 32 bytes.
+# A store of an earlier version is migrated in place when it is opened.
+SCHEMA_VERSION = "3"
+
+# The columns stored through the codec, by table, with the key that walks the table.
+ENCODED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "history": ("position", ("event", "outcome")),
+    "clients": ("client_id", ("snapshot",)),
+    "tasks": ("task_id", ("task",)),
+    "rejections": ("position", ("reasons", "original")),
+    "parked": ("arrival", ("event", "reasons")),
+}
+
+# The open statuses as SQL literals, not parameters: a partial index on open tasks is
+# used only when the query's WHERE visibly implies the index's own.
+OPEN_STATUS_SQL = ", ".join(f"'{status}'" for status in sorted(OPEN_STATUSES))
 
 HISTORY_COLUMNS = (
     "client_id, seq, source, event_id, type, occurred_at, recorded_at, pathway_version,"
@@ -41,13 +62,123 @@ OUTBOX_SELECT = (
 )
 
 
-def outbox_rows(rows: list[Any]) -> list[OutboxRow]:
+def history_entry(row: Sequence[Any], codec: StorageCodec) -> HistoryEntry:
+    """A row of HISTORY_COLUMNS as the entry it records (logical text, hex hashes)."""
+    decode = codec.decode
+    return HistoryEntry(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        decode(row[10]),
+        decode(row[11]),
+        unpack_hash(row[12]),
+        unpack_hash(row[13]),
+    )
+
+
+def history_row(entry: HistoryEntry, codec: StorageCodec) -> tuple[Any, ...]:
+    """An entry as the values of HISTORY_COLUMNS, as stored."""
+    encode = codec.encode
+    return (
+        entry.client_id,
+        entry.seq,
+        entry.source,
+        entry.event_id,
+        entry.type,
+        entry.occurred_at,
+        entry.recorded_at,
+        entry.pathway_version,
+        entry.from_state,
+        entry.to_state,
+        encode(entry.event),
+        encode(entry.outcome),
+        pack_hash(entry.prev_hash),
+        pack_hash(entry.hash),
+    )
+
+
+def rejected_record(row: Sequence[Any], codec: StorageCodec) -> RejectedRecord:
+    """A rejections row (key_source … original) as the record."""
+    key_source, key_id, source, event_id, client_id, type_, recorded_at = row[:7]
+    return RejectedRecord(
+        key_source,
+        key_id,
+        source,
+        event_id,
+        client_id,
+        type_,
+        recorded_at,
+        codec.decode(row[7]),
+        codec.decode(row[8]),
+    )
+
+
+def rejection_row(record: RejectedRecord, codec: StorageCodec) -> tuple[Any, ...]:
+    return (
+        record.key_source,
+        record.key_id,
+        record.source,
+        record.event_id,
+        record.client_id,
+        record.type,
+        record.recorded_at,
+        codec.encode(record.reasons),
+        codec.encode(record.original),
+    )
+
+
+def parked_event(row: Sequence[Any], codec: StorageCodec) -> ParkedEvent:
+    """A parked row (source … reasons) as the event."""
+    source, event_id, client_id, type_, occurred_at, recorded_at = row[:6]
+    return ParkedEvent(
+        source,
+        event_id,
+        client_id,
+        type_,
+        occurred_at,
+        recorded_at,
+        codec.decode(row[6]),
+        codec.decode(row[7]),
+    )
+
+
+def parked_row(parked: ParkedEvent, codec: StorageCodec) -> tuple[Any, ...]:
+    return (
+        parked.source,
+        parked.event_id,
+        parked.client_id,
+        parked.type,
+        parked.occurred_at,
+        parked.recorded_at,
+        codec.encode(parked.event),
+        codec.encode(parked.reasons),
+    )
+
+
+def snapshot_of(value: Any, codec: StorageCodec) -> ClientSnapshot:
+    return ClientSnapshot.from_record(orjson.loads(codec.decode(value)))
+
+
+def task_of(value: Any, codec: StorageCodec) -> Task:
+    return Task.from_dict(orjson.loads(codec.decode(value)))
+
+
+def outbox_rows(rows: list[Any], codec: StorageCodec) -> list[OutboxRow]:
     """Decode rows of OUTBOX_SELECT."""
     out: list[OutboxRow] = []
     for row in rows:
         ref = OutboxRef(*row[1:7])
         record: HistoryEntry | RejectedRecord = (
-            HistoryEntry(*row[7:21]) if ref.kind == "history" else RejectedRecord(*row[21:30])
+            history_entry(row[7:21], codec)
+            if ref.kind == "history"
+            else rejected_record(row[21:30], codec)
         )
         out.append((row[0], ref, record))
     return out
@@ -64,9 +195,7 @@ def task_filters(
     clauses: list[str] = []
     params: list[Any] = []
     if open_only:
-        statuses = sorted(OPEN_STATUSES)
-        clauses.append(f"status IN ({', '.join(placeholder for _ in statuses)})")
-        params.extend(statuses)
+        clauses.append(f"status IN ({OPEN_STATUS_SQL})")
     if owner:
         clauses.append(f"owner = {placeholder}")
         params.append(owner)
@@ -83,6 +212,7 @@ class SqlReads:
     """Reads of the EventStore interface whose SQL is the same in both dialects."""
 
     placeholder: str
+    codec: StorageCodec
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         raise NotImplementedError
@@ -101,17 +231,52 @@ class SqlReads:
         rows = self._query(
             f"SELECT task FROM tasks {clauses} ORDER BY due, task_id LIMIT {p}", [*params, limit]
         )
-        return [Task.from_dict(orjson.loads(row[0])) for row in rows]
+        return [task_of(row[0], self.codec) for row in rows]
 
-    def rejections(self, limit: int = 100, after: int = 0) -> list[tuple[int, RejectedRecord]]:
+    def task(self, task_id: str) -> Task | None:
+        rows = self._query(f"SELECT task FROM tasks WHERE task_id = {self.placeholder}", [task_id])
+        return task_of(rows[0][0], self.codec) if rows else None
+
+    def clients_due(self, before: str, limit: int = 100_000) -> list[ClientSnapshot]:
+        """Clients with a timer due before `before` that the clock has not recorded yet."""
         p = self.placeholder
         rows = self._query(
-            "SELECT position, key_source, key_id, source, event_id, client_id, type,"
-            f" recorded_at, reasons, original FROM rejections WHERE position > {p}"
-            f" ORDER BY position LIMIT {p}",
-            (after, limit),
+            f"SELECT snapshot FROM clients WHERE next_due < {p} ORDER BY next_due LIMIT {p}",
+            (before, limit),
         )
-        return [(row[0], RejectedRecord(*row[1:])) for row in rows]
+        return [snapshot_of(row[0], self.codec) for row in rows]
+
+    def tasks_due(self, before: str, limit: int = 100_000) -> list[Task]:
+        """Open tasks due before `before` whose deadline the clock has not recorded yet."""
+        p = self.placeholder
+        rows = self._query(
+            f"SELECT task FROM tasks WHERE fires_at < {p} ORDER BY fires_at, task_id LIMIT {p}",
+            (before, limit),
+        )
+        return [task_of(row[0], self.codec) for row in rows]
+
+    def open_task_counts(self, overdue_before: str) -> dict[str, tuple[int, int]]:
+        """Open and overdue task counts per owner role, counted in the open-task index."""
+        rows = self._query(
+            "SELECT owner, count(*),"
+            f" sum(CASE WHEN due < {self.placeholder} THEN 1 ELSE 0 END) FROM tasks"
+            f" WHERE status IN ({OPEN_STATUS_SQL}) GROUP BY owner",
+            (overdue_before,),
+        )
+        return {owner: (int(total), int(overdue or 0)) for owner, total, overdue in rows}
+
+    def rejections(
+        self, limit: int = 100, after: int = 0, client_id: str | None = None
+    ) -> list[tuple[int, RejectedRecord]]:
+        p = self.placeholder
+        own = f" AND client_id = {p}" if client_id is not None else ""
+        rows = self._query(
+            "SELECT position, key_source, key_id, source, event_id, client_id, type,"
+            f" recorded_at, reasons, original FROM rejections WHERE position > {p}{own}"
+            f" ORDER BY position LIMIT {p}",
+            (after, client_id, limit) if client_id is not None else (after, limit),
+        )
+        return [(row[0], rejected_record(row[1:], self.codec)) for row in rows]
 
     def parked_events(self, client_id: str | None = None) -> list[ParkedEvent]:
         sql = (
@@ -119,9 +284,11 @@ class SqlReads:
             " FROM parked"
         )
         if client_id is None:
-            return [ParkedEvent(*row) for row in self._query(sql + " ORDER BY arrival")]
-        where = f" WHERE client_id = {self.placeholder} ORDER BY arrival"
-        return [ParkedEvent(*row) for row in self._query(sql + where, (client_id,))]
+            rows = self._query(sql + " ORDER BY arrival")
+        else:
+            where = f" WHERE client_id = {self.placeholder} ORDER BY arrival"
+            rows = self._query(sql + where, (client_id,))
+        return [parked_event(row, self.codec) for row in rows]
 
     def outbox_after(self, position: int, limit: int = 500) -> list[OutboxRow]:
         p = self.placeholder
@@ -129,7 +296,7 @@ class SqlReads:
             OUTBOX_SELECT + f" WHERE o.position > {p} ORDER BY o.position LIMIT {p}",
             (position, limit),
         )
-        return outbox_rows(rows)
+        return outbox_rows(rows, self.codec)
 
     def unpublished(self, limit: int = 500) -> list[OutboxRow]:
         rows = self._query(
@@ -137,4 +304,4 @@ class SqlReads:
             + f" WHERE o.published_at IS NULL ORDER BY o.position LIMIT {self.placeholder}",
             (limit,),
         )
-        return outbox_rows(rows)
+        return outbox_rows(rows, self.codec)

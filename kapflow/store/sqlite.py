@@ -6,7 +6,7 @@ appends and every batch is one atomic transaction; readers see committed data on
 
 from __future__ import annotations
 
-import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,9 +21,30 @@ from kapflow.store.base import (
     HistoryEntry,
     ParkedEvent,
     StoreError,
+    UnstorableData,
 )
-from kapflow.store.sql import HISTORY_COLUMNS, SqlReads
+from kapflow.store.codec import KEY_CHECK_META, StorageCipher, StorageCodec
+from kapflow.store.database import sqlite_path
+from kapflow.store.due import CLOCK_MARK, ReceiptKey, fire_times, next_dues, recorded_until
+from kapflow.store.sql import (
+    ENCODED_COLUMNS,
+    HISTORY_COLUMNS,
+    OPEN_STATUS_SQL,
+    SCHEMA_VERSION,
+    SqlReads,
+    history_entry,
+    history_row,
+    parked_event,
+    parked_row,
+    rejection_row,
+    snapshot_of,
+    task_of,
+)
 from workflow.client import ClientSnapshot
+from workflow.policy import DEFAULT_POLICY, CarePolicy
+from workflow.timers import CLOCK_SOURCE
+
+log = logging.getLogger("kapflow.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -56,7 +77,8 @@ CREATE TABLE IF NOT EXISTS clients (
     client_id TEXT NOT NULL UNIQUE,
     state TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    snapshot TEXT NOT NULL
+    snapshot TEXT NOT NULL,
+    next_due TEXT
 );
 CREATE INDEX IF NOT EXISTS clients_by_state ON clients (state);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -65,7 +87,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     status TEXT NOT NULL,
     owner TEXT NOT NULL,
     due TEXT NOT NULL,
-    task TEXT NOT NULL
+    task TEXT NOT NULL,
+    fires_at TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status, owner, due);
 CREATE INDEX IF NOT EXISTS tasks_by_client ON tasks (client_id);
@@ -109,34 +132,46 @@ CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (position) WHERE publish
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-SCHEMA_VERSION = "1"
+# Version 2 (issue 10): the clock reads only the clients and tasks with a deadline due
+# that it has not recorded yet, and pruning reads only old published rows.
+INDEXES_2 = """
+CREATE INDEX IF NOT EXISTS clients_next_due ON clients (next_due) WHERE next_due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_fire_at ON tasks (fires_at) WHERE fires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_published ON outbox (published_at)
+    WHERE published_at IS NOT NULL;
+"""
+SCHEMA += INDEXES_2
 
 
-def path_from_url(url: str) -> str:
-    if not url.startswith("sqlite:///"):
-        raise ValueError("a SQLite URL looks like sqlite:///./kapflow.db")
-    path = url[len("sqlite:///") :]
-    return path or ":memory:"
+def _receipts(conn: sqlite3.Connection, keys: list[ReceiptKey]) -> dict[ReceiptKey, str]:
+    """Receipts by their key (source, event_id): one primary-key search per source.
+
+    A batch holds few sources, so `source = ? AND event_id IN (…)` searches the key;
+    `(source, event_id) IN (VALUES …)` or `event_id IN (…)` alone would scan the table.
+    """
+    by_source: dict[str, list[str]] = {}
+    for source, event_id in set(keys):
+        by_source.setdefault(source, []).append(event_id)
+    found: dict[ReceiptKey, str] = {}
+    for source, ids in sorted(by_source.items()):
+        for chunk in _chunks(sorted(ids)):
+            rows = conn.execute(
+                "SELECT event_id, outcome FROM receipts WHERE source = ? AND event_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                (source, *chunk),
+            ).fetchall()
+            found.update(((source, event_id), outcome) for event_id, outcome in rows)
+    return found
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, policy: CarePolicy, codec: StorageCodec) -> None:
         self._conn = conn
+        self._policy = policy
+        self._codec = codec
 
     def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        found: dict[tuple[str, str], str] = {}
-        wanted = set(keys)
-        ids = sorted({event_id for _, event_id in keys})
-        for chunk in _chunks(ids):
-            rows = self._conn.execute(
-                "SELECT source, event_id, outcome FROM receipts WHERE event_id IN"
-                f" ({','.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall()
-            for source, event_id, outcome in rows:
-                if (source, event_id) in wanted:
-                    found[(source, event_id)] = outcome
-        return found
+        return _receipts(self._conn, keys)
 
     def clients(self, client_ids: list[str]) -> dict[str, ClientSnapshot]:
         found: dict[str, ClientSnapshot] = {}
@@ -147,7 +182,7 @@ class _Transaction:
                 chunk,
             ).fetchall()
             for client_id, snapshot in rows:
-                found[client_id] = ClientSnapshot.from_record(orjson.loads(snapshot))
+                found[client_id] = snapshot_of(snapshot, self._codec)
         return found
 
     def parked(self, client_id: str) -> list[ParkedEvent]:
@@ -156,34 +191,31 @@ class _Transaction:
             " FROM parked WHERE client_id = ? ORDER BY arrival",
             (client_id,),
         ).fetchall()
-        return [ParkedEvent(*row) for row in rows]
+        return [parked_event(row, self._codec) for row in rows]
+
+    def _clock_mark(self, batch: BatchWrites) -> str | None:
+        """The latest due time the clock has recorded, this batch included (kept in meta)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (CLOCK_MARK,)).fetchone()
+        previous = row[0] if row else None
+        mark = recorded_until(previous, batch.receipts)
+        if mark != previous:
+            self._conn.execute(
+                "INSERT INTO meta VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (CLOCK_MARK, mark),
+            )
+        return mark
 
     def write(self, batch: BatchWrites) -> None:
         execute_many = self._conn.executemany
+        codec = self._codec
+        clock_mark = self._clock_mark(batch)
         if batch.history:
             execute_many(
                 "INSERT INTO history (client_id, seq, source, event_id, type, occurred_at,"
                 " recorded_at, pathway_version, from_state, to_state, event, outcome,"
                 " prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        e.client_id,
-                        e.seq,
-                        e.source,
-                        e.event_id,
-                        e.type,
-                        e.occurred_at,
-                        e.recorded_at,
-                        e.pathway_version,
-                        e.from_state,
-                        e.to_state,
-                        e.event,
-                        e.outcome,
-                        e.prev_hash,
-                        e.hash,
-                    )
-                    for e in batch.history
-                ],
+                [history_row(e, codec) for e in batch.history],
             )
         if batch.receipts:
             execute_many(
@@ -199,20 +231,7 @@ class _Transaction:
                 "INSERT INTO rejections (key_source, key_id, source, event_id, client_id, type,"
                 " recorded_at, reasons, original) VALUES (?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (key_source, key_id) DO NOTHING",
-                [
-                    (
-                        r.key_source,
-                        r.key_id,
-                        r.source,
-                        r.event_id,
-                        r.client_id,
-                        r.type,
-                        r.recorded_at,
-                        r.reasons,
-                        r.original,
-                    )
-                    for r in batch.rejections
-                ],
+                [rejection_row(r, codec) for r in batch.rejections],
             )
         if batch.parked_removed:
             execute_many(
@@ -222,36 +241,44 @@ class _Transaction:
             execute_many(
                 "INSERT INTO parked (source, event_id, client_id, type, occurred_at, recorded_at,"
                 " event, reasons) VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        p.source,
-                        p.event_id,
-                        p.client_id,
-                        p.type,
-                        p.occurred_at,
-                        p.recorded_at,
-                        p.event,
-                        p.reasons,
-                    )
-                    for p in batch.parked_added.values()
-                ],
+                [parked_row(p, codec) for p in batch.parked_added.values()],
             )
         if batch.clients:
+            dues = next_dues(
+                batch.clients.values(),
+                self._policy,
+                lambda keys: _receipts(self._conn, keys),
+                batch.receipts,
+                clock_mark,
+            )
             execute_many(
-                "INSERT INTO clients (client_id, state, seq, snapshot) VALUES (?,?,?,?)"
-                " ON CONFLICT (client_id) DO UPDATE SET"
-                " state = excluded.state, seq = excluded.seq, snapshot = excluded.snapshot",
+                "INSERT INTO clients (client_id, state, seq, snapshot, next_due)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (client_id) DO UPDATE SET"
+                " state = excluded.state, seq = excluded.seq, snapshot = excluded.snapshot,"
+                " next_due = excluded.next_due",
                 [
-                    (c.client_id, c.state, c.seq, orjson.dumps(c.to_record()).decode())
+                    (
+                        c.client_id,
+                        c.state,
+                        c.seq,
+                        codec.encode(orjson.dumps(c.to_record()).decode()),
+                        dues[c.client_id],
+                    )
                     for c in batch.clients.values()
                 ],
             )
         if batch.tasks:
+            fires = fire_times(
+                batch.tasks.values(),
+                lambda keys: _receipts(self._conn, keys),
+                batch.receipts,
+                clock_mark,
+            )
             execute_many(
-                "INSERT INTO tasks (task_id, client_id, status, owner, due, task)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT (task_id) DO UPDATE SET"
+                "INSERT INTO tasks (task_id, client_id, status, owner, due, task, fires_at)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT (task_id) DO UPDATE SET"
                 " status = excluded.status, owner = excluded.owner, due = excluded.due,"
-                " task = excluded.task",
+                " task = excluded.task, fires_at = excluded.fires_at",
                 [
                     (
                         t.id,
@@ -259,7 +286,8 @@ class _Transaction:
                         t.status,
                         t.owner,
                         t.due,
-                        orjson.dumps(t.as_dict()).decode(),
+                        codec.encode(orjson.dumps(t.as_dict()).decode()),
+                        fires[t.id],
                     )
                     for t in batch.tasks.values()
                 ],
@@ -278,9 +306,18 @@ class _Transaction:
 class SQLiteStore(SqlReads):
     placeholder = "?"
 
-    def __init__(self, url: str = "sqlite:///./kapflow.db") -> None:
+    def __init__(
+        self,
+        url: str = "sqlite:///./kapflow.db",
+        policy: CarePolicy = DEFAULT_POLICY,
+        *,
+        cipher: StorageCipher | None = None,
+    ) -> None:
         self.url = url
-        path = path_from_url(url)
+        self.policy = policy
+        self.codec = StorageCodec(cipher)
+        self.migrated_from: str | None = None
+        path = sqlite_path(url)
         if path != ":memory:":
             parent = Path(path).expanduser().resolve().parent
             if not parent.is_dir():
@@ -291,10 +328,96 @@ class SQLiteStore(SqlReads):
         self._connections: list[sqlite3.Connection] = []
         conn = self._conn()
         with self._lock:
+            self._open_schema(conn)
+            self._check_key(conn)
+
+    def _check_key(self, conn: sqlite3.Connection) -> None:
+        """Refuse an encrypted store without its key; mark a store encrypted from now on."""
+        check = self.codec.key_check()
+        if check is not None:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (KEY_CHECK_META, check))
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (KEY_CHECK_META,)).fetchone()
+        self.codec.check_key(row[0] if row else None)
+
+    def _open_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the schema, or migrate a store written by an earlier release in place."""
+        if _schema_version(conn) == SCHEMA_VERSION:  # the usual case: no write lock taken
             conn.executescript(SCHEMA)
+            return
+        conn.execute("BEGIN IMMEDIATE")  # two processes opening an old store: one migrates
+        try:
+            found = _schema_version(conn)
+            if found is not None and int(found) > int(SCHEMA_VERSION):
+                raise StoreError(
+                    f"this store has schema version {found}, newer than this kapflow"
+                    f" ({SCHEMA_VERSION}): upgrade kapflow"
+                )
+            if found is not None and found != SCHEMA_VERSION:
+                self._migrate(conn, found)
+            for statement in _statements(SCHEMA):
+                conn.execute(statement)
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if self.migrated_from is not None:
+            log.warning(
+                "store %s migrated in place from schema version %s to %s",
+                self._path,
+                self.migrated_from,
+                SCHEMA_VERSION,
+            )
+
+    def _migrate(self, conn: sqlite3.Connection, found: str) -> None:
+        if int(found) < 2:
+            self._migrate_to_2(conn)
+        # Version 2 → 3 needs no rewrite: a column of SQLite holds the codec's bytes beside
+        # the TEXT of the rows before, and the codec reads both (store/codec.py).
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        self.migrated_from = found
+
+    def _migrate_to_2(self, conn: sqlite3.Connection) -> None:
+        # Version 1 → 2: the clock's columns (filled from every snapshot and open task)
+        # and the indexes.
+        conn.execute("ALTER TABLE clients ADD COLUMN next_due TEXT")
+        conn.execute("ALTER TABLE tasks ADD COLUMN fires_at TEXT")
+        for statement in _statements(INDEXES_2):
+            conn.execute(statement)
+        after = ""
+        while rows := conn.execute(
+            "SELECT client_id, snapshot FROM clients WHERE client_id > ?"
+            " ORDER BY client_id LIMIT 1000",
+            (after,),
+        ).fetchall():
+            after = rows[-1][0]
+            snapshots = [snapshot_of(row[1], self.codec) for row in rows]
+            dues = next_dues(snapshots, self.policy, lambda keys: _receipts(conn, keys))
+            conn.executemany(
+                "UPDATE clients SET next_due = ? WHERE client_id = ?",
+                [(due, client_id) for client_id, due in dues.items()],
+            )
+        after = ""
+        while rows := conn.execute(
+            f"SELECT task_id, task FROM tasks WHERE status IN ({OPEN_STATUS_SQL})"
+            " AND task_id > ? ORDER BY task_id LIMIT 1000",
+            (after,),
+        ).fetchall():
+            after = rows[-1][0]
+            tasks = [task_of(row[1], self.codec) for row in rows]
+            fires = fire_times(tasks, lambda keys: _receipts(conn, keys))
+            conn.executemany(
+                "UPDATE tasks SET fires_at = ? WHERE task_id = ?",
+                [(fires_at, task_id) for task_id, fires_at in fires.items()],
+            )
+        clock_receipts = conn.execute(
+            "SELECT source, event_id FROM receipts WHERE source = ?", (CLOCK_SOURCE,)
+        ).fetchall()
+        mark = recorded_until(None, clock_receipts)
+        if mark is not None:
+            conn.execute("INSERT INTO meta VALUES (?, ?)", (CLOCK_MARK, mark))
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -325,7 +448,13 @@ class SQLiteStore(SqlReads):
         except sqlite3.Error as error:
             raise StoreError(f"cannot start a write transaction: {error}") from error
         try:
-            yield _Transaction(conn)
+            yield _Transaction(conn, self.policy, self.codec)
+        except sqlite3.OperationalError as error:  # locked, busy, disk: the store, not the data
+            conn.execute("ROLLBACK")
+            raise StoreError(f"write transaction failed: {error}") from error
+        except (sqlite3.IntegrityError, sqlite3.DataError) as error:
+            conn.execute("ROLLBACK")
+            raise UnstorableData(f"SQLite refused a value of the batch: {error}") from None
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -336,12 +465,15 @@ class SQLiteStore(SqlReads):
             raise StoreError(f"commit failed: {error}") from error
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return self._conn().execute(sql, params).fetchall()
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as error:  # locked past the busy timeout, I/O
+            raise StoreError(f"read failed: {error}") from error
 
     # Reads ----------------------------------------------------------------------------
     def get_client(self, client_id: str) -> ClientSnapshot | None:
         rows = self._query("SELECT snapshot FROM clients WHERE client_id = ?", (client_id,))
-        return ClientSnapshot.from_record(json.loads(rows[0][0])) if rows else None
+        return snapshot_of(rows[0][0], self.codec) if rows else None
 
     def clients(self, state: str | None = None, limit: int = 1000) -> list[ClientSnapshot]:
         if state is None:
@@ -351,7 +483,7 @@ class SQLiteStore(SqlReads):
                 "SELECT snapshot FROM clients WHERE state = ? ORDER BY client_id LIMIT ?",
                 (state, limit),
             )
-        return [ClientSnapshot.from_record(json.loads(row[0])) for row in rows]
+        return [snapshot_of(row[0], self.codec) for row in rows]
 
     def client_ids(self) -> Iterator[str]:
         for (client_id,) in self._query("SELECT client_id FROM clients ORDER BY client_id"):
@@ -365,7 +497,7 @@ class SQLiteStore(SqlReads):
             f"SELECT {HISTORY_COLUMNS} FROM history WHERE client_id = ? ORDER BY seq",
             (client_id,),
         )
-        return [HistoryEntry(*row) for row in rows]
+        return [history_entry(row, self.codec) for row in rows]
 
     def iter_history(self) -> Iterator[HistoryEntry]:
         cursor = self._conn().execute(
@@ -373,17 +505,30 @@ class SQLiteStore(SqlReads):
         )
         while rows := cursor.fetchmany(2000):
             for row in rows:
-                yield HistoryEntry(*row)
+                yield history_entry(row, self.codec)
 
     def mark_published(self, positions: list[int], at: str) -> None:
         conn = self._conn()
         with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "UPDATE outbox SET published_at = ? WHERE position = ?",
-                [(at, position) for position in positions],
-            )
-            conn.execute("COMMIT")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    "UPDATE outbox SET published_at = ? WHERE position = ?",
+                    [(at, position) for position in positions],
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as error:
+                # Locked past the busy timeout: the rows stay unpublished and go out again.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot mark outbox rows published: {error}") from error
+
+    def prune_outbox(self, published_before: str) -> int:
+        """Delete outbox rows published before the given time; the number deleted."""
+        cursor = self._conn().execute(
+            "DELETE FROM outbox WHERE published_at < ?", (published_before,)
+        )
+        return cursor.rowcount
 
     def stats(self) -> dict[str, int]:
         counts = {}
@@ -396,12 +541,78 @@ class SQLiteStore(SqlReads):
         )
         return counts
 
+    def reseal(self, chunk: int = 500) -> Iterator[int]:
+        """Re-encode every codec value not sealed with the cipher's first key (`kapflow
+        rotate-key`): one transaction per chunk, yielding how many values each rewrote.
+
+        Resumable: values already sealed with the first key are skipped, so an interrupted
+        run simply starts again. The key check moves to the new key once all are done.
+        """
+        codec, conn = self.codec, self._conn()
+        for table, (key, columns) in ENCODED_COLUMNS.items():
+            after: Any = "" if key in ("client_id", "task_id") else -1
+            while rows := conn.execute(
+                f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE {key} > ?"
+                f" ORDER BY {key} LIMIT ?",
+                (after, chunk),
+            ).fetchall():
+                after = rows[-1][0]
+                stale = [row for row in rows if any(map(codec.needs_reseal, row[1:]))]
+                if not stale:
+                    continue
+                assignments = ", ".join(f"{column} = ?" for column in columns)
+                with self._lock:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.executemany(
+                            f"UPDATE {table} SET {assignments} WHERE {key} = ?",
+                            [
+                                (*(codec.encode(codec.decode(v)) for v in row[1:]), row[0])
+                                for row in stale
+                            ],
+                        )
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+                yield len(stale) * len(columns)
+        check = codec.key_check()
+        if check is not None:
+            conn.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+                (KEY_CHECK_META, check, check),
+            )
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _schema_version(conn: sqlite3.Connection) -> str | None:
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchall():
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return str(row[0]) if row else None
+
+
+def _statements(script: str) -> list[str]:
+    """A DDL script as statements, to run inside one transaction (executescript commits).
+
+    Split where SQLite says a statement is complete, so a trigger body's own semicolons
+    stay inside it.
+    """
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:

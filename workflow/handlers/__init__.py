@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from workflow.handlers import clinician, operations, prescriber, scheduling, system
-from workflow.handlers.effects import Effects, TaskChange
+from workflow.handlers.effects import Effects, TaskEffect
 
 HANDLERS: dict[str, Callable[[Effects], None]] = {
     **scheduling.HANDLERS,
@@ -13,4 +13,4 @@ HANDLERS: dict[str, Callable[[Effects], None]] = {
     **system.HANDLERS,
 }
 
-__all__ = ["HANDLERS", "Effects", "TaskChange"]
+__all__ = ["HANDLERS", "Effects", "TaskEffect"]

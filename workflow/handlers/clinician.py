@@ -18,7 +18,7 @@ def assessment_completed(fx: Effects) -> None:
     if fx.target == "ineligible":
         ctx = RuleContext(fx.before, fx.event, fx.policy)
         fx.after.ineligible_reasons = [reason.code for reason in eligibility_failures(ctx)]
-        fx.cancel_open_tasks()
+        fx.cancel_tasks_that_can_no_longer_happen(keep_owners=frozenset())
         return
     fx.after.insurance_used = bool(fx.data.insurance_used)
     fx.open_task(
@@ -38,6 +38,8 @@ def assessment_completed(fx: Effects) -> None:
 def preparation_completed(fx: Effects) -> None:
     client = fx.after
     client.preparation_sessions += 1
+    if client.timeline:
+        client.preparations = [*client.preparations, [fx.at, bool(fx.data.ready_for_dosing)]]
     fx.close_tasks(TaskCode.SCHEDULE_PREPARATION)
     if client.preparation_sessions > fx.policy.max_preparation_sessions:
         # R6: a session beyond the third is accepted but reviewed.
@@ -65,12 +67,9 @@ def preparation_completed(fx: Effects) -> None:
 
 def dosing_started(fx: Effects) -> None:
     client = fx.after
-    client.current_dosing_session = fx.data.session_id
-    client.dosing_completed = False
-    client.awaiting_integration = True
-    client.dosing_sessions += 1
-    if client.pathway == "high_dose":
-        client.doses_used += 1
+    _record_dosing(fx, fx.data.session_id, pathway=fx.data.pathway)
+    if fx.before.state == "on_hold":
+        client.held_from = "dosed"  # dosed during the hold: releasing it returns to dosed
     fx.close_tasks(
         TaskCode.SCHEDULE_DOSING, TaskCode.CONFIRM_CHAPERONE, TaskCode.ABSTINENCE_REMINDER_BEFORE
     )
@@ -82,11 +81,50 @@ def dosing_started(fx: Effects) -> None:
     )
 
 
+def _record_dosing(fx: Effects, session: str, pathway: str | None) -> None:
+    client = fx.after
+    client.current_dosing_session = session
+    client.dosing_completed = False
+    client.awaiting_integration = True
+    client.dosing_sessions += 1
+    if client.pathway == "high_dose":
+        client.doses_used += 1
+    if client.timeline:
+        client.dosings = [
+            *client.dosings,
+            {
+                "session": session,
+                "at": fx.at,
+                "source": fx.event.source,
+                "event_id": fx.event.id,
+                "pathway": pathway,
+                "completed": False,
+                "integrated_at": None,
+                "rules": [],
+                "review": None,
+            },
+        ]
+
+
 def dosing_completed(fx: Effects) -> None:
     data = fx.data
     client = fx.after
-    client.dosing_completed = True
-    if fx.before.state == "dosed":
+    owes_integration = fx.before.state == "dosed"
+    if client.timeline:
+        dosing = client.dosing(data.session_id)
+        if dosing is None:
+            # Its start never arrived (recorded after the parking window): it happened.
+            _record_dosing(fx, data.session_id, pathway=client.pathway)
+            dosing = client.dosing(data.session_id)
+        assert dosing is not None
+        client.dosings = [
+            {**d, "completed": True} if d["session"] == data.session_id else d
+            for d in client.dosings
+        ]
+        owes_integration = dosing["integrated_at"] is None
+    if data.session_id == client.current_dosing_session:
+        client.dosing_completed = True
+    if owes_integration:
         fx.open_task(
             TaskCode.SCHEDULE_INTEGRATION,
             Owner.SCHEDULER,
@@ -126,8 +164,17 @@ def dosing_completed(fx: Effects) -> None:
 
 
 def integration_completed(fx: Effects) -> None:
-    fx.after.awaiting_integration = False
-    fx.close_tasks(TaskCode.SCHEDULE_INTEGRATION)
+    client = fx.after
+    session = fx.data.session_id
+    if client.timeline:
+        client.dosings = [
+            {**d, "integrated_at": fx.at} if d["session"] == session else d for d in client.dosings
+        ]
+    if session == client.current_dosing_session:
+        client.awaiting_integration = False
+        if fx.before.state == "on_hold" and client.held_from == "dosed":
+            client.held_from = "integrating"
+    fx.close_tasks(TaskCode.SCHEDULE_INTEGRATION, about=session if client.timeline else None)
 
 
 def adverse_event_reported(fx: Effects) -> None:
@@ -139,7 +186,7 @@ def adverse_event_reported(fx: Effects) -> None:
         priority="urgent",
         note=f"severity: {fx.data.severity}",
     )
-    if fx.data.severity == "severe":
+    if fx.data.severity == "severe" and fx.target == "on_hold":
         _hold_for(fx, "R10")
         fx.open_task(
             TaskCode.REVIEW_HOLD,
@@ -162,11 +209,12 @@ def hold_placed(fx: Effects) -> None:
 
 def hold_released(fx: Effects) -> None:
     fx.after.hold_reasons = []
+    fx.after.hold_since = None
     fx.close_tasks(TaskCode.REVIEW_HOLD)
 
 
 def course_completed(fx: Effects) -> None:
-    fx.cancel_open_tasks(keep_owners=KEEP_ON_EXIT)
+    fx.cancel_tasks_that_can_no_longer_happen(keep_owners=KEEP_ON_EXIT)
 
 
 def reassessment_requested(fx: Effects) -> None:

@@ -9,11 +9,14 @@ from decimal import Decimal
 from events.envelope import CloudEvent
 from workflow.client import ClientSnapshot
 from workflow.policy import CarePolicy
-from workflow.tasks import Task, iso, task_id_for
+from workflow.releases import CURRENT_RELEASE, PathwayRelease
+from workflow.tasks import Task, TaskCode, iso, task_id_for
 
 
 @dataclass(slots=True)  # a value: never mutated after construction
-class TaskChange:
+class TaskEffect:
+    """What one event did to one task; published as `events.outputs.TaskChange`."""
+
     change: str  # opened | updated | closed
     task: Task
 
@@ -30,11 +33,13 @@ class Effects:
     after: ClientSnapshot
     policy: CarePolicy
     target: str
-    task_changes: list[TaskChange] = field(default_factory=list)
+    release: PathwayRelease = CURRENT_RELEASE
+    task_changes: list[TaskEffect] = field(default_factory=list)
     at: str = ""
 
     def __post_init__(self) -> None:
-        self.at = iso(self.event.time)
+        if not self.at:
+            self.at = iso(self.event.time)
 
     @property
     def data(self):  # type: ignore[no-untyped-def]
@@ -53,17 +58,18 @@ class Effects:
         about: str | None = None,
         amount_usd: Decimal | None = None,
         note: str | None = None,
+        raised_by: tuple[str, str] | None = None,
     ) -> Task:
+        """Open a task raised by this event (or, `raised_by`, by an earlier recorded one)."""
+        source, event_id = raised_by or (self.event.source, self.event.id)
         task = Task(
-            id=task_id_for(
-                self.after.client_id, self.event.source, self.event.id, code, about or ""
-            ),
+            id=task_id_for(self.after.client_id, source, event_id, code, about or ""),
             status="requested",
             priority=priority,
             code=code,
             for_=self.after.client_id,
             owner=owner,
-            focus=self.event.id,
+            focus=event_id,
             authored_on=self.at,
             due=due,
             last_modified=self.at,
@@ -74,7 +80,7 @@ class Effects:
         if task.id in self.after.open_tasks:
             return self.after.open_tasks[task.id]
         self.after.open_tasks[task.id] = task
-        self.task_changes.append(TaskChange("opened", task))
+        self.task_changes.append(TaskEffect("opened", task))
         return task
 
     def close_tasks(self, *codes: str, about: str | None = None, status: str = "completed") -> None:
@@ -89,13 +95,48 @@ class Effects:
             if task.owner not in keep_owners:
                 self._close(task, "cancelled")
 
+    def cancel_tasks_that_can_no_longer_happen(self, keep_owners: frozenset[str]) -> None:
+        """The client left care (withdrawal, completion, ineligibility): SPEC §4."""
+        if not self.release.keeps_duties_on_exit:
+            self.cancel_open_tasks(keep_owners=keep_owners)
+            return
+        for task in list(self.after.open_tasks.values()):
+            if task.code in CANNOT_HAPPEN_AFTER_EXIT:
+                self._close(task, "cancelled")
+
     def update_task(self, task: Task) -> None:
         self.after.open_tasks[task.id] = task
-        self.task_changes.append(TaskChange("updated", task))
+        self.task_changes.append(TaskEffect("updated", task))
 
-    def close_task(self, task: Task, status: str = "completed") -> None:
-        self._close(task, status)
+    def close_task(self, task: Task, status: str = "completed", note: str | None = None) -> None:
+        self._close(task, status, note)
 
-    def _close(self, task: Task, status: str) -> None:
+    def _close(self, task: Task, status: str, note: str | None = None) -> None:
         del self.after.open_tasks[task.id]
-        self.task_changes.append(TaskChange("closed", task.with_status(status, self.at)))
+        closed = task.with_status(status, self.at)
+        if note is not None:
+            closed = closed.revised(at=self.at, note=note)
+        self.task_changes.append(TaskEffect("closed", closed))
+
+
+# SPEC §4: leaving care cancels only what can no longer happen — scheduling, preparation,
+# dosing and what leads to them. Safety duties (R10 notification, R11 follow-up), the
+# after-dosing abstinence reminder, deviation and hold reviews, clinical reviews and billing
+# (R12) stay open until someone completes them.
+CANNOT_HAPPEN_AFTER_EXIT = frozenset(
+    {
+        TaskCode.SCHEDULE_ASSESSMENT,
+        TaskCode.REFER_MEDICAL_EVALUATION,
+        TaskCode.VERIFY_INSURANCE_BENEFITS,
+        TaskCode.SCHEDULE_PREPARATION,
+        TaskCode.SCHEDULE_DOSING,
+        TaskCode.CONFIRM_CHAPERONE,
+        TaskCode.ABSTINENCE_REMINDER_BEFORE,
+        TaskCode.SCHEDULE_INTEGRATION,
+        TaskCode.RESCHEDULE_APPOINTMENT,
+        TaskCode.RENEW_HIGH_DOSE_PACKAGE,
+        TaskCode.RENEW_LOW_DOSE_SUBSCRIPTION,
+        TaskCode.RENEW_MEDICAL_CLEARANCE,
+        TaskCode.FOLLOW_UP_INACTIVE_CLIENT,
+    }
+)

@@ -85,7 +85,7 @@ def chaperone_confirmed(fx: Effects) -> None:
 
 
 def client_withdrew(fx: Effects) -> None:
-    fx.cancel_open_tasks(keep_owners=KEEP_ON_EXIT)
+    fx.cancel_tasks_that_can_no_longer_happen(keep_owners=KEEP_ON_EXIT)
 
 
 HANDLERS = {

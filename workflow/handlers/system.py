@@ -54,6 +54,8 @@ def clearance_expiring(fx: Effects, timer: Timer) -> None:
 def subscription_ran_out(fx: Effects, timer: Timer) -> None:
     # R9: a month without renewal is a lapse, as if Joyous had reported it.
     fx.after.subscription_active = False
+    if fx.after.timeline:
+        fx.after.lapses = [*fx.after.lapses, fx.at]
     if "R9" not in fx.after.hold_reasons:
         fx.after.hold_reasons.append("R9")
     fx.open_task(

@@ -88,3 +88,23 @@ def is_premature(state: str, held_from: str | None, event: str) -> bool:
             event in PREMATURE_IN[held_from]
         )
     return event in PREMATURE_IN.get(state, frozenset())
+
+
+def forced_target(ctx: RuleContext, trigger: str) -> str:
+    """Where a fact that stayed premature past the parking window takes the client when
+    it is recorded all the same: the state the pathway would reach with it from the
+    nearest state ahead that allows it. On hold the hold stays; out of care the client
+    stays out (the fact is recorded, the duties it raises open)."""
+    state = ctx.client.state
+    if state == "on_hold" or state not in MAIN_LINE:
+        return state
+    for ahead in MAIN_LINE[MAIN_LINE.index(state) + 1 :]:
+        for option in TRANSITIONS.get((ahead, trigger), ()):
+            if option.selected(ctx):
+                moves = option.target != ahead or trigger in _DOSING_FACTS
+                return option.target if moves else state
+    return state
+
+
+# A completed or integrated dosing means the client was dosed, whatever else is missing.
+_DOSING_FACTS = frozenset({"complete_dosing", "complete_integration"})

@@ -12,11 +12,15 @@ from typing import Any
 
 from statemachine import State, StateMachine
 
+# Bump (a new release in workflow/releases.py) whenever a transition, rule, task or
+# policy default changes an outcome.
+from workflow.releases import PATHWAY_VERSION  # noqa: E402,F401 - re-exported
 from workflow.states.rules import (
     cleared_by_prescriber,
     completes_current_dosing,
     dosing_is_safe,
     evaluation_names_matching_pathway,
+    integrates_current_dosing,
     integrates_latest_dosing,
     integration_not_owed,
     is_severe,
@@ -24,12 +28,11 @@ from workflow.states.rules import (
     marked_ready,
     meets_eligibility,
     names_clients_prescriber,
+    prepared_while_awaiting_clearance,
+    renewal_cures_hold,
     returns_to,
     subscription_period_ended,
 )
-
-# Bump whenever a transition, rule, task or policy default changes an outcome.
-PATHWAY_VERSION = "2026.11.3"
 
 
 def _stay(*states: State, **options: Any) -> Any:
@@ -70,7 +73,9 @@ class CarePathway(StateMachine):
     IN_CARE = (inquiry, assessed, cleared, prepared, dosed, integrating)
     CLEARED_FOR_TREATMENT = (cleared, prepared, dosed, integrating)
     OPEN = (*IN_CARE, on_hold)  # where scheduling facts are recorded
-    KNOWN = (*OPEN, ineligible, completed, withdrawn)  # every state but `new`
+    OUT_OF_CARE = (ineligible, completed, withdrawn)
+    KNOWN = (*OPEN, *OUT_OF_CARE)  # every state but `new`
+    NOT_READY_FOR_DOSING = (new, inquiry, assessed, cleared, dosed, *OUT_OF_CARE)
 
     # Intake ---------------------------------------------------------------------------
     receive_inquiry = new.to(inquiry) | inquiry.to.itself(internal=True)
@@ -80,12 +85,49 @@ class CarePathway(StateMachine):
     request_reassessment = ineligible.to(inquiry)
 
     # Independent medical evaluation (R5) ----------------------------------------------
-    complete_evaluation = assessed.to(
-        cleared, cond=cleared_by_prescriber, validators=evaluation_names_matching_pathway
-    ) | assessed.to(
-        ineligible, unless=cleared_by_prescriber, validators=evaluation_names_matching_pathway
+    complete_evaluation = (
+        assessed.to(
+            prepared,
+            cond=[cleared_by_prescriber, prepared_while_awaiting_clearance],
+            validators=evaluation_names_matching_pathway,
+        )
+        | assessed.to(
+            cleared, cond=cleared_by_prescriber, validators=evaluation_names_matching_pathway
+        )
+        | assessed.to(
+            ineligible, unless=cleared_by_prescriber, validators=evaluation_names_matching_pathway
+        )
     )
-    renew_prescription = _stay(*CLEARED_FOR_TREATMENT, on_hold, validators=names_clients_prescriber)
+    # The prescriber's message overtaken by a dosing: recorded where the client now stands.
+    complete_evaluation |= _stay(
+        dosed, integrating, on_hold, validators=evaluation_names_matching_pathway
+    )
+    # A renewal cures a hold placed only because the subscription lapsed (R9): the client
+    # returns where they were, as a clinician's release would return them.
+    renew_prescription = (
+        _stay(*CLEARED_FOR_TREATMENT, validators=names_clients_prescriber)
+        | on_hold.to(
+            cleared,
+            cond=[renewal_cures_hold, returns_to("cleared")],
+            validators=names_clients_prescriber,
+        )
+        | on_hold.to(
+            prepared,
+            cond=[renewal_cures_hold, returns_to("prepared")],
+            validators=names_clients_prescriber,
+        )
+        | on_hold.to(
+            dosed,
+            cond=[renewal_cures_hold, returns_to("dosed")],
+            validators=names_clients_prescriber,
+        )
+        | on_hold.to(
+            integrating,
+            cond=[renewal_cures_hold, returns_to("integrating")],
+            validators=names_clients_prescriber,
+        )
+        | _stay(on_hold, validators=names_clients_prescriber)
+    )
     revoke_clearance = _each(
         *CLEARED_FOR_TREATMENT, to=on_hold, validators=names_clients_prescriber
     ) | _stay(on_hold, validators=names_clients_prescriber)
@@ -97,21 +139,35 @@ class CarePathway(StateMachine):
     complete_preparation = (
         cleared.to(prepared, cond=marked_ready)
         | cleared.to.itself(internal=True, unless=marked_ready)
-        | _stay(prepared, integrating)
+        | _stay(prepared, dosed, integrating)
+        # Preparation while the prescriber's clearance is still awaited: a fact, recorded.
+        | _stay(inquiry, assessed)
     )
 
     # Dosing and integration (R5–R9, R11, R12) -------------------------------------------
-    start_dosing = _each(prepared, integrating, to=dosed, validators=dosing_is_safe)
-    complete_dosing = _stay(dosed, integrating, validators=completes_current_dosing)
-    complete_integration = dosed.to(integrating, validators=integrates_latest_dosing) | _stay(
-        integrating, validators=integrates_latest_dosing
+    # A dosing is a fact of care: wherever the client stood, they were dosed. Outside
+    # `prepared`/`integrating` (or breaking R5–R9) it is recorded as a protocol deviation.
+    start_dosing = (
+        _each(prepared, integrating, to=dosed, validators=dosing_is_safe)
+        | _each(*NOT_READY_FOR_DOSING, to=dosed, validators=dosing_is_safe)
+        | _stay(on_hold, validators=dosing_is_safe)  # the hold stays; release returns to dosed
+    )
+    complete_dosing = _stay(dosed, integrating, validators=completes_current_dosing) | _stay(
+        on_hold, *OUT_OF_CARE, validators=completes_current_dosing
+    )
+    complete_integration = (
+        dosed.to(integrating, cond=integrates_current_dosing, validators=integrates_latest_dosing)
+        | _stay(integrating, validators=integrates_latest_dosing)
+        | _stay(dosed, unless=integrates_current_dosing, validators=integrates_latest_dosing)
+        | _stay(on_hold, *OUT_OF_CARE, validators=integrates_latest_dosing)
     )
 
     # Safety (R10) and holds ---------------------------------------------------------------
+    # R10: a concerning reaction is recorded whatever the state, also after the course.
     report_adverse_event = (
         _each(*IN_CARE, to=on_hold, cond=is_severe)
         | _stay(*IN_CARE, unless=is_severe)
-        | _stay(on_hold)
+        | _stay(on_hold, new, *OUT_OF_CARE)
     )
     place_hold = _each(*IN_CARE, to=on_hold) | _stay(on_hold)
     release_hold = (
@@ -121,6 +177,7 @@ class CarePathway(StateMachine):
         | on_hold.to(prepared, cond=returns_to("prepared"))
         | on_hold.to(dosed, cond=returns_to("dosed"))
         | on_hold.to(integrating, cond=returns_to("integrating"))
+        | _stay(*IN_CARE)  # released already (a renewal cured it): recorded, nothing changes
     )
 
     # Scheduling facts: recorded in every open state ---------------------------------------
@@ -136,6 +193,9 @@ class CarePathway(StateMachine):
         | _stay(on_hold, ineligible, completed, withdrawn)
     )
     complete_task = _stay(*KNOWN)
+    claim_task = _stay(*KNOWN)
+    cancel_task = _stay(*KNOWN)
+    reassign_task = _stay(*KNOWN)
 
     # Endings ------------------------------------------------------------------------------
     complete_course = _each(
@@ -175,6 +235,9 @@ TRIGGERS: dict[str, str] = {
     "clinician.reassessment_requested": "request_reassessment",
     "system.deadline_reached": "reach_deadline",
     "operations.task_completed": "complete_task",
+    "operations.task_claimed": "claim_task",
+    "operations.task_cancelled": "cancel_task",
+    "operations.task_reassigned": "reassign_task",
 }
 
 # The main line, in order; an event legal further along it is premature, not illegal.

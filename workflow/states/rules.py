@@ -19,7 +19,11 @@ from events.prescriber import PATHWAY_OF_PRESCRIBER
 from events.registry import Reason
 from workflow.client import ClientSnapshot
 from workflow.policy import CarePolicy
+from workflow.releases import CURRENT_RELEASE, PathwayRelease
+from workflow.tasks import iso
 from workflow.timers import SUBSCRIPTION_END, timer_named
+
+NOT_IN_CARE = ("ineligible", "withdrawn", "completed")
 
 
 @dataclass(slots=True)  # a value: never mutated after construction
@@ -27,6 +31,8 @@ class RuleContext:
     client: ClientSnapshot
     event: CloudEvent
     policy: CarePolicy
+    release: PathwayRelease = CURRENT_RELEASE
+    event_at: str = ""  # the event's time in kapflow's one format; computed once
 
     @property
     def data(self) -> Any:
@@ -36,22 +42,58 @@ class RuleContext:
     def event_date(self) -> str:
         return self.event.time.date().isoformat()
 
+    @property
+    def at(self) -> str:
+        """The event's own time: rules are judged on the facts as they stood then."""
+        if not self.event_at:
+            self.event_at = iso(self.event.time)
+        return self.event_at
+
+    @property
+    def judged_at_event_time(self) -> bool:
+        return self.release.judges_at_event_time and self.client.timeline
+
 
 class RuleViolation(Exception):  # noqa: N818 - a domain term, not an error category
-    """An event that breaks one or more rules; carries every reason, never the payload."""
+    """An event that breaks one or more rules; carries every reason, never the payload.
 
-    def __init__(self, reasons: tuple[Reason, ...]) -> None:
+    `contradiction`: the event contradicts settled facts about the client (a prescriber who
+    did not clear them, a session that was never started), so it cannot be recorded as a
+    fact and is rejected. Otherwise it is a fact of care that broke the protocol: recorded
+    as a deviation (SPEC §3).
+    """
+
+    def __init__(self, reasons: tuple[Reason, ...], contradiction: bool = True) -> None:
         super().__init__(", ".join(reason.code for reason in reasons))
         self.reasons = reasons
+        self.contradiction = contradiction
+
+
+class NotYetKnown(RuleViolation):
+    """The event refers to a fact kapflow has not heard of yet (the completion of a dosing
+    whose start has not arrived): parked, retried after each later change (SPEC §3)."""
 
 
 Check = Callable[[RuleContext], Reason | None]
 
 
+def protocol_rule(check: Check) -> Check:
+    """Mark a check whose breach is a protocol deviation, not a contradiction."""
+    check.protocol = True  # type: ignore[attr-defined]
+    return check
+
+
+def is_protocol_rule(check: Check) -> bool:
+    return bool(getattr(check, "protocol", False))
+
+
 def _broken(checks: tuple[Check, ...], ctx: RuleContext) -> None:
-    broken = tuple(reason for check in checks if (reason := check(ctx)) is not None)
+    broken = [(check, reason) for check in checks if (reason := check(ctx)) is not None]
     if broken:
-        raise RuleViolation(broken)
+        raise RuleViolation(
+            tuple(reason for _, reason in broken),
+            contradiction=not all(is_protocol_rule(check) for check, _ in broken),
+        )
 
 
 def validator(
@@ -153,9 +195,21 @@ def r5_names_clients_prescriber(ctx: RuleContext) -> Reason | None:
     return None
 
 
+def authorisation_at(client: ClientSnapshot, at: str) -> dict[str, Any] | None:
+    """The latest clearance or renewal that had happened by `at`."""
+    latest = None
+    for authorisation in client.authorisations:
+        if authorisation["at"] <= at and (latest is None or authorisation["at"] >= latest["at"]):
+            latest = authorisation
+    return latest
+
+
+@protocol_rule
 def r5_valid_clearance(ctx: RuleContext) -> Reason | None:
     """Seed: every client must be cleared by an independent prescribing provider."""
     client = ctx.client
+    if ctx.judged_at_event_time:
+        return _r5_clearance_in_force(ctx)
     if client.prescriber is None or client.clearance_valid_until is None:
         return Reason("R5", "no medical clearance from an independent prescriber")
     if client.clearance_revoked:
@@ -167,20 +221,45 @@ def r5_valid_clearance(ctx: RuleContext) -> Reason | None:
     return None
 
 
+def _r5_clearance_in_force(ctx: RuleContext) -> Reason | None:
+    client, at = ctx.client, ctx.at
+    authorisation = authorisation_at(client, at)
+    if authorisation is None:
+        return Reason("R5", "no medical clearance was in force at the time of dosing")
+    if any(authorisation["at"] <= revoked <= at for revoked in client.revocations):
+        return Reason("R5", "medical clearance was revoked")
+    if authorisation["until"] < ctx.event_date:
+        return Reason("R5", "medical clearance has expired")
+    if client.pathway is not None and ctx.data.pathway != client.pathway:
+        return Reason("R5", "dosing pathway differs from the cleared pathway", "data.pathway")
+    return None
+
+
 # --- Preparation (R6) ------------------------------------------------------------------
+
+
+def prepared_while_awaiting_clearance(ctx: RuleContext) -> bool:
+    """Preparation went ahead before the clearance arrived: cleared, the client is prepared."""
+    return ctx.judged_at_event_time and ctx.client.ready_for_dosing
 
 
 def marked_ready(ctx: RuleContext) -> bool:
     return bool(ctx.data.ready_for_dosing)
 
 
+@protocol_rule
 def r6_preparation_done(ctx: RuleContext) -> Reason | None:
     """Seed: one to three preparatory sessions before any dosing experience."""
+    if ctx.judged_at_event_time:
+        if not any(at <= ctx.at and ready for at, ready in ctx.client.preparations):
+            return Reason("R6", "at least one preparatory session and readiness are required")
+        return None
     if not ctx.client.ready_for_dosing or ctx.client.preparation_sessions < 1:
         return Reason("R6", "at least one preparatory session and readiness are required")
     return None
 
 
+@protocol_rule
 def r6_preparation_done_once_cleared(ctx: RuleContext) -> Reason | None:
     """Preparation and dosing both come from the clinicians' record, in order: once the
     client is cleared (preparation can no longer be waiting for anything), a dosing
@@ -194,6 +273,7 @@ def r6_preparation_done_once_cleared(ctx: RuleContext) -> Reason | None:
 # --- Dosing safety (R7, R8, R9) --------------------------------------------------------
 
 
+@protocol_rule
 def r7_chaperone_and_abstinence(ctx: RuleContext) -> Reason | None:
     """Seed: a trusted person drives the client home; no alcohol or substances for 24 h."""
     missing = []
@@ -206,16 +286,31 @@ def r7_chaperone_and_abstinence(ctx: RuleContext) -> Reason | None:
     return None
 
 
+@protocol_rule
 def r8_integration_followed_last_dosing(ctx: RuleContext) -> Reason | None:
     """Seed: integration sessions follow each dosing experience."""
+    if ctx.judged_at_event_time and ctx.event.type == "clinician.dosing_started":
+        at, session = ctx.at, ctx.data.session_id
+        for dosing in ctx.client.dosings:
+            integrated = dosing["integrated_at"]
+            if (
+                dosing["session"] != session
+                and dosing["at"] < at
+                and not (integrated is not None and integrated <= at)
+            ):
+                return Reason("R8", "an integration session must follow the previous dosing")
+        return None
     if ctx.client.awaiting_integration:
         return Reason("R8", "an integration session must follow the previous dosing")
     return None
 
 
+@protocol_rule
 def r9_medication_available(ctx: RuleContext) -> Reason | None:
     """Seed: $355 covers medication for two sessions; Joyous is a $129/month subscription."""
     client = ctx.client
+    if ctx.judged_at_event_time:
+        return _r9_medication_at(ctx)
     if client.pathway == "high_dose" and (client.doses_remaining or 0) <= 0:
         return Reason("R9", "high-dose package exhausted: a renewed prescription is needed")
     if client.pathway == "low_dose" and not client.subscription_active:
@@ -226,9 +321,49 @@ def r9_medication_available(ctx: RuleContext) -> Reason | None:
     return None
 
 
+def _r9_medication_at(ctx: RuleContext) -> Reason | None:
+    client, at = ctx.client, ctx.at
+    authorisation = authorisation_at(client, at)
+    if authorisation is None or client.pathway is None:
+        return None  # no clearance at all is R5's finding
+    if client.pathway == "high_dose":
+        authorised = authorisation["doses"] or ctx.policy.high_dose_default_doses
+        used = sum(
+            1
+            for dosing in client.dosings
+            if dosing["session"] != ctx.data.session_id and authorisation["at"] <= dosing["at"] < at
+        )
+        if used >= authorised:
+            return Reason("R9", "high-dose package exhausted: a renewed prescription is needed")
+        return None
+    if any(authorisation["at"] <= lapsed <= at for lapsed in client.lapses):
+        return Reason("R9", "low-dose dosing needs an active Joyous subscription")
+    if authorisation["paid_until"] < ctx.event_date:
+        return Reason("R9", "the Joyous subscription month has run out")
+    return None
+
+
+@protocol_rule
+def in_care(ctx: RuleContext) -> Reason | None:
+    """A client screened out, withdrawn or discharged is no longer in the KAP pathway."""
+    client = ctx.client
+    if client.state not in NOT_IN_CARE:
+        return None
+    if ctx.judged_at_event_time and client.exited_at is not None and client.exited_at > ctx.at:
+        return None  # the dosing happened before the client left
+    if client.state == "ineligible" and client.ineligible_reasons:
+        rules = ",".join(client.ineligible_reasons)
+        return Reason("NOT_IN_CARE", f"client is ineligible ({rules})")
+    return Reason("NOT_IN_CARE", f"client is {client.state}")
+
+
+@protocol_rule
 def not_on_hold(ctx: RuleContext) -> Reason | None:
     """A client on a safety or administrative hold is not dosed until the hold is released."""
-    if ctx.client.state == "on_hold":
+    held = ctx.client.state == "on_hold"
+    if held and ctx.judged_at_event_time and (ctx.client.hold_since or "") > ctx.at:
+        held = False  # the dosing happened before the hold began
+    if held:
         rules = ",".join(ctx.client.hold_reasons) or "hold"
         return Reason("ON_HOLD", f"client is on hold ({rules})")
     return None
@@ -241,15 +376,50 @@ def r9_subscription_is_low_dose(ctx: RuleContext) -> Reason | None:
 
 
 def session_is_current_dosing(ctx: RuleContext) -> Reason | None:
+    if ctx.judged_at_event_time:
+        return _session_is_known(ctx)
     if ctx.data.session_id != ctx.client.current_dosing_session:
         return Reason("SESSION_MISMATCH", "session is not the latest dosing", "data.session_id")
     return None
 
 
+def _session_is_known(ctx: RuleContext) -> Reason | None:
+    client, session = ctx.client, ctx.data.session_id
+    if client.dosing(session) is not None:
+        return None
+    in_progress = client.current_dosing_session is not None and not client.dosing_completed
+    if ctx.event.type == "clinician.dosing_completed" and in_progress:
+        # Another session is under way and this one never started: a contradiction.
+        return Reason("SESSION_MISMATCH", "session is not the latest dosing", "data.session_id")
+    raise NotYetKnown(
+        (Reason("SESSION_NOT_STARTED", "the start of this dosing session has not arrived"),)
+    )
+
+
+def session_not_yet_started(ctx: RuleContext) -> Reason | None:
+    """A session already recorded as started cannot start again: same id, another fact."""
+    if ctx.judged_at_event_time and ctx.client.dosing(ctx.data.session_id) is not None:
+        return Reason(
+            "SESSION_ALREADY_STARTED", "this dosing session was already started", "data.session_id"
+        )
+    return None
+
+
 def dosing_not_yet_completed(ctx: RuleContext) -> Reason | None:
+    if ctx.judged_at_event_time:
+        dosing = ctx.client.dosing(ctx.data.session_id)
+        if dosing is not None and dosing["completed"]:
+            return Reason("ALREADY_COMPLETED", "this dosing session was already completed")
+        return None
     if ctx.client.dosing_completed:
         return Reason("ALREADY_COMPLETED", "this dosing session was already completed")
     return None
+
+
+def integrates_current_dosing(ctx: RuleContext) -> bool:
+    """An integration of an earlier dosing (after a second one overtook it, R8) leaves the
+    client dosed: the latest dosing still awaits its own."""
+    return bool(ctx.data.session_id == ctx.client.current_dosing_session)
 
 
 def subscription_period_ended(ctx: RuleContext) -> bool:
@@ -267,6 +437,8 @@ def is_severe(ctx: RuleContext) -> bool:
 
 evaluation_names_matching_pathway = validator(r5_prescriber_fixes_pathway, any_state=True)
 dosing_is_safe = validator(
+    session_not_yet_started,
+    in_care,
     not_on_hold,
     r5_valid_clearance,
     r6_preparation_done,
@@ -274,6 +446,8 @@ dosing_is_safe = validator(
     r8_integration_followed_last_dosing,
     r9_medication_available,
     any_state=(
+        session_not_yet_started,
+        in_care,
         not_on_hold,
         r6_preparation_done_once_cleared,
         r7_chaperone_and_abstinence,
@@ -285,6 +459,11 @@ lapse_is_of_low_dose_subscription = validator(r9_subscription_is_low_dose)
 completes_current_dosing = validator(session_is_current_dosing, dosing_not_yet_completed)
 integrates_latest_dosing = validator(session_is_current_dosing)
 integration_not_owed = validator(r8_integration_followed_last_dosing)
+
+
+def renewal_cures_hold(ctx: RuleContext) -> bool:
+    """The only reason for the hold was a lapsed subscription (R9), which a renewal cures."""
+    return ctx.release.renewal_cures_subscription_hold and ctx.client.hold_reasons == ["R9"]
 
 
 def returns_to(state: str) -> Callable[[RuleContext], bool]:

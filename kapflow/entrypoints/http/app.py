@@ -1,8 +1,9 @@
 """The FastAPI application of `kapflow serve`: one place where the HTTP runtime is assembled.
 
-Bootstrap (Cosmic Python's single composition point): open the store and the access log
-from the database URL, start the single writer over an IngestService, start the outbox
-feed, wire metrics, then mount the routers. Routers hold no state of their own.
+The runtime comes from kapflow/bootstrap.py (store, access log, the single writer over the
+service layer, the care clock); this module adds what only HTTP needs: the outbox feed for
+live streams, metrics, the routers. Routers hold no state of their own and turn each
+request into a service-layer command or a read.
 """
 
 from __future__ import annotations
@@ -14,23 +15,32 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kapflow.entrypoints.http import audit, events, fhir, live, pages, reads
+from kapflow.bootstrap import bootstrap
+from kapflow.entrypoints.http import (
+    audit,
+    events,
+    fhir,
+    live,
+    pages,
+    protocol_page,
+    reads,
+    work_queue,
+)
 from kapflow.entrypoints.http.context import HttpSettings, Services, server_now
 from kapflow.entrypoints.http.errors import install_error_handlers
+from kapflow.entrypoints.http.keys import key_maintenance
 from kapflow.entrypoints.http.metrics import HttpMetricsMiddleware, ServiceMetrics
 from kapflow.entrypoints.http.readmodels import PathwayFunnel
 from kapflow.entrypoints.http.stream import OutboxFeed, state_change_of
-from kapflow.service.clock import fire_deadlines
-from kapflow.service.ingest import IngestService
-from kapflow.service.writer import SingleWriter
-from kapflow.store import open_store
-from kapflow.store.access_log import open_access_log
+from kapflow.entrypoints.http.stream_schema import stream_components
+from kapflow.service.outbox import PruneSchedule
 from workflow.states.pathway import PATHWAY_VERSION
 
 log = logging.getLogger("kapflow.http")
@@ -43,11 +53,12 @@ Event-driven care workflow for the Ketamine-Assisted Psychotherapy programme.
 
 Authenticate with `Authorization: Bearer <API key>` (`kapflow keys create`). Roles:
 `publisher` (POST events of its own type prefixes), `dashboard` (states, counts, tasks,
-stream, FHIR tasks), `auditor` (all reads, incl. histories, replays, exports, verify,
+stream, FHIR tasks), `operations` (the same, and acts on tasks: complete, claim, cancel,
+reassign), `auditor` (all reads, incl. histories, replays, exports, verify,
 rejections, access log), `admin` (everything).
 
-`POST /v1/events` answers 200 with one outcome per event (accepted, duplicate, rejected,
-parked) whenever every event got one; see the operation for the other statuses.
+`POST /v1/events` answers 200 with one outcome per event (accepted, deviation, duplicate,
+rejected, parked) whenever every event got one; see the operation for the other statuses.
 """
 
 
@@ -87,13 +98,11 @@ class RequestLogMiddleware:
 
 
 def _build_services(settings: HttpSettings) -> Services:
-    store = open_store(settings.db)
-    try:
-        access_log = open_access_log(settings.db)
-    except Exception:
-        store.close()
-        raise
-    writer = SingleWriter(IngestService(store), max_queue_events=max(100_000, settings.max_events))
+    runtime = bootstrap(
+        settings.db, access_log=True, writer_queue_events=max(100_000, settings.max_events)
+    )
+    store, writer = runtime.store, runtime.writer
+    assert writer is not None and runtime.access_log is not None, "asked for both"
     feed_reader = ThreadPoolExecutor(1, thread_name_prefix="kapflow-feed")
     feed = OutboxFeed(
         store, feed_reader, poll_interval=settings.poll_interval, buffer_rows=settings.buffer_rows
@@ -103,12 +112,11 @@ def _build_services(settings: HttpSettings) -> Services:
     writer.add_listener(metrics.on_commit)
     writer.add_listener(lambda _commit: feed.wake())
     feed.observe(lambda row: funnel.mark(state_change_of(row)))
+    feed.observe(metrics.on_feed_row)
     return Services(
         settings=settings,
-        store=store,
-        writer=writer,
+        runtime=runtime,
         feed=feed,
-        access_log=access_log,
         metrics=metrics,
         funnel=funnel,
         background=ThreadPoolExecutor(2, thread_name_prefix="kapflow-background"),
@@ -124,33 +132,38 @@ def _load_funnel(ctx: Services) -> None:
 
 
 async def run_clock(ctx: Services) -> None:
-    """kapflow's clock in the embedded runtime: deadlines go through the single writer,
-    in order with every other write; stale parked events are expired."""
+    """kapflow's clock in the embedded runtime: deadlines and the expiry of stale parked
+    events go through the single writer, in order with every other write, so metrics and
+    live streams see them."""
     interval = ctx.settings.clock_interval
     if interval <= 0:
         return
-    service = ctx.writer.service
+    clock = ctx.runtime.clock()
+    prune = PruneSchedule(ctx.settings.outbox_retention)  # published rows, once an hour
+    failures = 0
     while True:
-        await asyncio.sleep(interval)
+        # While the store is away, retry sooner than a full interval (bounded: at most
+        # every second), so deadlines resume within about a second of the store's return.
+        await asyncio.sleep(min(interval, 1.0) if failures else interval)
         now = server_now()
         try:
-            fired = await asyncio.to_thread(
-                fire_deadlines,
-                lambda events: ctx.writer.submit(events).result(),
-                ctx.store,
-                service.policy,
-                now,
-            )
-            expired = await asyncio.to_thread(service.expire_parked, now)
+            # Upkeep too goes through the single writer: nothing else writes the database.
+            await asyncio.wrap_future(ctx.writer.maintain(partial(prune.run_if_due, now=now)))
+            report = await asyncio.to_thread(clock.tick, now)
         except Exception as error:  # noqa: BLE001 - the clock must outlive a bad tick
-            log.warning("clock tick failed (%s); retrying next tick", type(error).__name__)
+            failures += 1
+            if failures == 1 or failures % 60 == 0:  # one line a minute while it lasts
+                log.warning("clock tick failed (%s); retry %d", type(error).__name__, failures)
             continue
-        if expired:
-            ctx.feed.wake()
-        accepted = sum(result.outcome == "accepted" for result in fired)
-        if accepted or expired:
+        if failures:
+            log.warning("clock resumed after %d failed ticks", failures)
+            failures = 0
+        accepted = sum(result.outcome == "accepted" for result in report.fired)
+        if accepted or report.expired_parked:
             log.info(
-                "clock: %d deadlines recorded, %d parked events expired", accepted, len(expired)
+                "clock: %d deadlines recorded, %d parked events expired",
+                accepted,
+                len(report.expired_parked),
             )
 
 
@@ -160,7 +173,9 @@ async def run_kafka_relay(ctx: Services) -> None:
     from kapflow.settings import load_kafka_settings
 
     relay = KafkaOutboxRelay(
-        ctx.store, load_kafka_settings(kafka=ctx.settings.kafka, db=ctx.settings.db)
+        ctx.store,
+        load_kafka_settings(kafka=ctx.settings.kafka, db=ctx.settings.db),
+        ctx.runtime.relay_lease(),
     )
     loop = asyncio.get_running_loop()
 
@@ -199,7 +214,8 @@ def create_app(settings: HttpSettings) -> FastAPI:
         gc.collect()
         gc.freeze()
         try:
-            yield
+            async with key_maintenance(app, settings):
+                yield
         finally:
             for runner in runners:
                 runner.cancel()
@@ -209,8 +225,7 @@ def create_app(settings: HttpSettings) -> FastAPI:
             ctx.writer.close()
             ctx.background.shutdown(wait=False, cancel_futures=True)
             ctx.feed_reader.shutdown(wait=False, cancel_futures=True)
-            ctx.access_log.close()
-            ctx.store.close()
+            ctx.runtime.close()
 
     app = FastAPI(
         title="kapflow",
@@ -226,7 +241,7 @@ def create_app(settings: HttpSettings) -> FastAPI:
     app.state.services = None
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (events, reads, audit, live, fhir, pages):
+    for module in (events, reads, work_queue, audit, live, fhir, pages, protocol_page):
         app.include_router(module.router)
     app.add_middleware(
         HttpMetricsMiddleware,
@@ -250,6 +265,10 @@ def create_app(settings: HttpSettings) -> FastAPI:
             schema["paths"]["/v1/events"]["post"]["description"] = (
                 schema["paths"]["/v1/events"]["post"].get("description", "") + limits
             ).strip()
+            # What /v1/stream's event schema refers to (the messages it carries).
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in stream_components().items():
+                components.setdefault(name, definition)
             app.openapi_schema = schema
         return app.openapi_schema
 

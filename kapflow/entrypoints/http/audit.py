@@ -32,9 +32,14 @@ from kapflow.entrypoints.http.schemas import (
     VerifyOut,
 )
 from kapflow.service.access import Permission
-from kapflow.service.audit import csv_text, replay_view, verify
-from kapflow.service.ingest import compact_json
-from kapflow.store.base import HistoryEntry
+from kapflow.service.audit import (
+    decision_chunks,
+    iter_rejections,
+    replay_view,
+    verify,
+    verify_access_log,
+)
+from kapflow.store.base import HistoryEntry, RejectedRecord
 from workflow.tasks import iso
 
 router = APIRouter(tags=["audit"])
@@ -87,20 +92,6 @@ def replay_client(
     return json_response(replay_view(entries, client_id, as_of_time, known_at_time))
 
 
-def _jsonl_chunks(entries: Iterable[HistoryEntry]) -> Iterator[str]:
-    lines: list[str] = []
-    size = 0
-    for entry in entries:
-        line = compact_json(entry.as_dict()) + "\n"
-        lines.append(line)
-        size += len(line)
-        if size > 64_000:
-            yield "".join(lines)
-            lines, size = [], 0
-    if lines:
-        yield "".join(lines)
-
-
 async def stream_from_thread(
     executor: Executor, produce: Callable[[], Iterator[str]], window: int = 8
 ) -> AsyncIterator[bytes]:
@@ -149,7 +140,9 @@ async def stream_from_thread(
     response_model=None,
     responses={
         200: {
-            "description": "JSON lines (one history entry per line) or CSV",
+            "description": "JSON lines (one history entry per line; with "
+            "`include_rejections`, then one record per rejection with `kind: rejection`) or "
+            "CSV (one table; its `kind` column says history or rejection)",
             "content": {
                 "application/x-ndjson": {"schema": {"type": "string"}},
                 "text/csv": {"schema": {"type": "string"}},
@@ -163,18 +156,23 @@ async def export(
     _: Annotated[object, Depends(require(Permission.EXPORT))],
     fmt: Annotated[Literal["jsonl", "csv"], Query(alias="format")] = "jsonl",
     client: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN, max_length=64)] = None,
+    include_rejections: Annotated[
+        bool, Query(description="append the rejected log: every decision kapflow made")
+    ] = False,
 ) -> StreamingResponse:
     ctx = services(request)
-    await asyncio.to_thread(record_access, request, "export", client, f"format={fmt}")
+    detail = f"format={fmt}" + (",include_rejections" if include_rejections else "")
+    await asyncio.to_thread(record_access, request, "export", client, detail)
     store = ctx.store
 
     def entries() -> Iterable[HistoryEntry]:
         return store.history(client) if client else store.iter_history()
 
     def produce() -> Iterator[str]:
-        if fmt == "csv":
-            return csv_text(entries())
-        return _jsonl_chunks(entries())
+        rejections: Iterable[tuple[int, RejectedRecord]] | None = (
+            iter_rejections(store, client) if include_rejections else None
+        )
+        return decision_chunks(entries(), rejections, fmt)
 
     media = "text/csv" if fmt == "csv" else "application/x-ndjson"
     name = f"kapflow-export{'-' + client if client else ''}.{fmt}"
@@ -197,8 +195,11 @@ def verify_all(
     request: Request, _: Annotated[object, Depends(require(Permission.VERIFY))]
 ) -> Response:
     record_access(request, "verify")
-    report = verify(services(request).store)
-    return json_response(report.as_dict())
+    ctx = services(request)
+    report = verify(ctx.store)
+    access = verify_access_log(ctx.access_log)
+    report.divergences.extend(access.divergences)
+    return json_response(report.as_dict() | {"access_log": access.as_dict()})
 
 
 @router.get(
@@ -214,7 +215,17 @@ def access_log(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     client: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN, max_length=64)] = None,
     who: Annotated[str | None, Query(max_length=64)] = None,
+    from_: Annotated[str | None, time_query("reads at or after this time", "from")] = None,
+    to: Annotated[str | None, time_query("reads at or before this time")] = None,
 ) -> Response:
+    since, until = parse_time(from_, "from"), parse_time(to, "to")
     record_access(request, "access-log", client)
-    rows = services(request).access_log.entries(limit=limit, after=after, client_id=client, who=who)
+    rows = services(request).access_log.entries(
+        limit=limit,
+        after=after,
+        client_id=client,
+        who=who,
+        since=iso(since) if since else None,
+        until=iso(until) if until else None,
+    )
     return json_response([row.as_dict() for row in rows])

@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
+from kapflow.entrypoints.http.context import server_now
 from kapflow.entrypoints.http.errors import ApiError
 from kapflow.service.access import INSECURE_DEV_KEY, ROLES_WITH, ApiKey, KeyRing
 
@@ -48,16 +49,20 @@ def _check(request: Request, token: str | None, permission: str) -> ApiKey:
             roles_allowed=allowed,
         )
     key = keys.authenticate(token)
-    if key is None:
+    refusal = key.refusal(server_now()) if key is not None else "unknown"
+    if key is None or refusal is not None:
         raise ApiError(
             401,
             "unauthenticated",
-            "unknown or revoked API key",
+            "unknown or revoked API key" if key is None else f"{refusal} API key",
             headers=_CHALLENGE,
             permission=permission,
             roles_allowed=allowed,
         )
     request.state.principal = key
+    usage = getattr(request.app.state, "key_usage", None)
+    if usage is not None:
+        usage.seen(key.name)
     if not key.may(permission):
         raise ApiError(
             403,

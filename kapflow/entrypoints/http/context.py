@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 from fastapi import Request
 
+from kapflow.bootstrap import Runtime
 from kapflow.entrypoints.http.errors import ApiError
 from kapflow.entrypoints.http.metrics import ServiceMetrics
 from kapflow.entrypoints.http.readmodels import PathwayFunnel
 from kapflow.entrypoints.http.stream import OutboxFeed
 from kapflow.service.access import ApiKey, KeyRing
+from kapflow.service.outbox import OUTBOX_RETENTION
+from kapflow.service.unit_of_work import utc_now
 from kapflow.service.writer import SingleWriter
 from kapflow.store.access_log import AccessLog, AccessRecord
 from kapflow.store.base import EventStore
@@ -25,10 +28,9 @@ from workflow.tasks import iso
 MiB = 1024 * 1024
 
 
-def server_now() -> datetime:
-    """The server clock, for read-side questions only (overdue, access-log time); the
-    engine never reads it (SPEC §6)."""
-    return datetime.now(UTC)
+# The server clock, for read-side questions only (overdue, access-log time); the engine
+# never reads it (SPEC §6).
+server_now = utc_now
 
 
 @dataclass(slots=True)
@@ -39,9 +41,13 @@ class HttpSettings:
     max_events: int = 1000
     poll_interval: float = 1.0
     keepalive: float = 15.0
+    stream_max_seconds: float = 0.0  # end each /v1/stream response after this long; 0: never
     buffer_rows: int = 5000
     clock_interval: float = 0.0  # seconds between clock ticks; 0: off (`serve` turns it on)
     kafka: str | None = None  # also publish the outbox to Kafka at HOST:PORT
+    keys_file: str | None = None  # reloaded on SIGHUP and when it changes
+    keys_poll_interval: float = 1.0  # seconds between checks of the keys file
+    outbox_retention: timedelta = OUTBOX_RETENTION  # published rows kept this long
 
     @property
     def insecure_dev(self) -> bool:
@@ -51,10 +57,8 @@ class HttpSettings:
 @dataclass(slots=True)
 class Services:
     settings: HttpSettings
-    store: EventStore
-    writer: SingleWriter
+    runtime: Runtime  # kapflow/bootstrap.py: store, service layer, single writer, access log
     feed: OutboxFeed
-    access_log: AccessLog
     metrics: ServiceMetrics
     funnel: PathwayFunnel
     # Long reads (export, verify, the funnel's startup pass) run here: a few long-lived
@@ -62,6 +66,23 @@ class Services:
     background: ThreadPoolExecutor
     feed_reader: ThreadPoolExecutor
     started_at: datetime = field(default_factory=server_now)
+
+    # The runtime's parts the routes use, by name.
+    @property
+    def store(self) -> EventStore:
+        return self.runtime.store
+
+    @property
+    def writer(self) -> SingleWriter:
+        writer = self.runtime.writer
+        assert writer is not None, "serve's runtime is built with its single writer"
+        return writer
+
+    @property
+    def access_log(self) -> AccessLog:
+        access_log = self.runtime.access_log
+        assert access_log is not None, "serve's runtime is built with its access log"
+        return access_log
 
 
 def services(request: Request) -> Services:

@@ -60,6 +60,7 @@ def _error_responses() -> dict[int | str, dict[str, Any]]:
         401: "No valid API key: send `Authorization: Bearer <key>`",
         403: "The key's role (or publisher prefixes) does not allow this",
         404: "Not found",
+        409: "Conflicts with what is recorded (e.g. the task is already closed)",
         413: "Body too large or too many events",
         415: "Body is not JSON",
         422: "A parameter or the body's top-level shape is invalid",

@@ -16,6 +16,7 @@ Status codes, decided once:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from typing import Annotated, Any
@@ -140,6 +141,32 @@ def _json_kind(value: Any) -> str:
     return "string" if isinstance(value, str) else type(value).__name__
 
 
+_ELEMENTS = json.JSONDecoder()
+
+
+def _element_texts(body: bytes, document: list[Any]) -> list[bytes]:
+    """Each element of a JSON array body exactly as sent.
+
+    Validation then sees what the publisher sent, not what a lenient decoder made of it: an
+    object with the same key twice is rejected (re-encoding would keep one silently), and
+    the dead letter keeps the element's own text. Only an array too deep for Python's
+    decoder to delimit falls back to re-encoding its elements.
+    """
+    text = body.decode("utf-8")  # orjson has already accepted it, so it is UTF-8
+    elements: list[bytes] = []
+    position = text.index("[") + 1
+    try:
+        for _ in document:
+            while text[position] in " \t\r\n,":
+                position += 1
+            _, end = _ELEMENTS.raw_decode(text, position)
+            elements.append(text[position:end].encode("utf-8"))
+            position = end
+    except (RecursionError, ValueError, IndexError):
+        return [orjson.dumps(item) for item in document]
+    return elements
+
+
 def decode_events(body: bytes, max_events: int) -> tuple[list[bytes], list[Any], bool]:
     """The body as raw events for the ingest service, the decoded elements, and whether it
     was a single object.
@@ -152,13 +179,18 @@ def decode_events(body: bytes, max_events: int) -> tuple[list[bytes], list[Any],
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        raise ApiError(
-            400,
-            "malformed_json",
-            f"the body is not valid JSON (line {error.lineno}, column {error.colno})",
-            line=error.lineno,
-            column=error.colno,
-        ) from None
+        try:
+            # JSON orjson declines but the standard allows (a lone surrogate escape, a
+            # number beyond 64 bits): decoded here, then rejected per event with a reason.
+            document = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise ApiError(
+                400,
+                "malformed_json",
+                f"the body is not valid JSON (line {error.lineno}, column {error.colno})",
+                line=error.lineno,
+                column=error.colno,
+            ) from None
     if isinstance(document, dict):
         return [body], [document], True
     if isinstance(document, list):
@@ -169,7 +201,7 @@ def decode_events(body: bytes, max_events: int) -> tuple[list[bytes], list[Any],
                 f"{len(document)} events in one request; at most {max_events}",
                 limit=max_events,
             )
-        return [orjson.dumps(item) for item in document], document, False
+        return _element_texts(body, document), document, False
     raise ApiError(
         422,
         "invalid_body",
@@ -187,7 +219,9 @@ def _refused_types(items: list[Any], key: ApiKey) -> list[dict[str, Any]]:
         # check (a rejected outcome), since it claims no type it could be refused for.
         type_ = item.get("type") if isinstance(item, dict) else None
         if isinstance(type_, str) and not key.may_publish_type(type_):
-            refused.append({"index": index, "type": type_[:128]})
+            # Echoed back as JSON: escape what is not valid Unicode (a lone surrogate).
+            shown = type_[:128].encode("utf-8", "backslashreplace").decode("utf-8")
+            refused.append({"index": index, "type": shown})
     return refused
 
 

@@ -1,10 +1,11 @@
 """Prometheus metrics: what happened (counters, latencies) and what is (gauges on scrape).
 
-Counters and histograms are fed by the single writer's commit listener and by the HTTP
-middleware. Gauges (clients by state, open/overdue tasks by owner, parked, rejections) are
-read from the store when Prometheus scrapes, so they are never stale and cost nothing
-between scrapes. Labels are bounded: event types outside the catalogue count as `unknown`,
-HTTP routes are the route templates, never raw paths (a path holds a client id).
+Counters and histograms are fed by the single writer's commit listener, the outbox feed
+(deviations by rule) and the HTTP middleware. Gauges (clients by state, open/overdue tasks
+by owner, parked, rejections) are read from the store when Prometheus scrapes, so they are
+never stale and cost nothing between scrapes. Labels are bounded: event types outside the
+catalogue count as `unknown`, HTTP routes are the route templates, never raw paths (a path
+holds a client id).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events import EVENT_TYPES
+from kapflow.entrypoints.http.stream import FeedRow
+from kapflow.service.outbox import DEVIATIONS
 from kapflow.service.writer import Commit
 from kapflow.store.base import EventStore
 from workflow.states.pathway import CLIENT_STATES
@@ -43,13 +46,8 @@ class StoreGauges(Collector):
         for state in CLIENT_STATES:
             clients.add_metric([state], counts.get(state, 0))
         yield clients
-        now = iso(self.clock())
-        open_by_owner: Tally[str] = Tally()
-        overdue_by_owner: Tally[str] = Tally()
-        for task in self.store.tasks(open_only=True, limit=10**7):
-            open_by_owner[task.owner] += 1
-            if task.due < now:
-                overdue_by_owner[task.owner] += 1
+        # Counted in the open-task index: no task is loaded, whatever the store's size.
+        counts_by_owner = self.store.open_task_counts(iso(self.clock()))
         open_tasks = GaugeMetricFamily(
             "kapflow_open_tasks", "Open follow-up tasks by owner role", labels=["owner"]
         )
@@ -59,8 +57,9 @@ class StoreGauges(Collector):
             labels=["owner"],
         )
         for owner in OWNERS:
-            open_tasks.add_metric([owner], open_by_owner.get(owner, 0))
-            overdue.add_metric([owner], overdue_by_owner.get(owner, 0))
+            total, late = counts_by_owner.get(owner, (0, 0))
+            open_tasks.add_metric([owner], total)
+            overdue.add_metric([owner], late)
         yield open_tasks
         yield overdue
         totals = self.store.stats()
@@ -89,6 +88,17 @@ class ServiceMetrics:
             "kapflow_events",
             "Events processed, by outcome and type",
             ["outcome", "type"],
+            registry=r,
+        )
+        # Counted from what was committed (the outbox feed), so a deviation recorded when a
+        # parked event is retried or expired by the clock, or by another process on the same
+        # database, counts too. Once per rule broken: a dosing without a chaperone and before
+        # integration adds one to R7 and one to R8; a late fact that reveals a break counts
+        # the rules it adds. Rule codes come from the engine, never from input: bounded.
+        self.deviations = Counter(
+            "kapflow_deviations",
+            "Protocol deviations recorded since start, by rule broken",
+            ["rule"],
             registry=r,
         )
         self.request_seconds = Histogram(
@@ -146,6 +156,14 @@ class ServiceMetrics:
         self.transactions.inc()
         self.requests.inc(commit.requests)
         self.group_requests.observe(commit.requests)
+
+    def on_feed_row(self, row: FeedRow) -> None:
+        for message in row.messages:
+            if message.topic == DEVIATIONS:
+                before = set(message.payload["previous_rules"])
+                for rule in message.payload["rules"]:
+                    if rule not in before:
+                        self.deviations.labels(rule).inc()
 
 
 class HttpMetricsMiddleware:

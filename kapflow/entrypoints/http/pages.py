@@ -26,7 +26,9 @@ router = APIRouter()
 
 STATIC = resources.files("kapflow.entrypoints.http") / "static"
 _DASHBOARD_FILES = {
+    "common.js": "text/javascript; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "client.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
 # The page's own origin only: no inline script, no external anything.
@@ -72,10 +74,21 @@ async def readyz(request: Request) -> JSONResponse:
         database = "ok"
     except Exception as error:  # noqa: BLE001 - any failure means not ready
         database = f"unavailable ({type(error).__name__})"
+    try:
+        # Audited reads are refused while their access log cannot be written: not ready.
+        await asyncio.wait_for(asyncio.to_thread(ctx.access_log.ping), 5.0)
+        access_log = "ok"
+    except Exception as error:  # noqa: BLE001 - any failure means not ready
+        access_log = f"unavailable ({type(error).__name__})"
     writer = "ok" if ctx.writer.running else "stopped"
-    ready = database == "ok" and writer == "ok"
+    ready = database == "ok" and access_log == "ok" and writer == "ok"
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "database": database, "writer": writer},
+        {
+            "status": "ready" if ready else "not_ready",
+            "database": database,
+            "access_log": access_log,
+            "writer": writer,
+        },
         200 if ready else 503,
     )
 
@@ -97,14 +110,24 @@ def metrics(
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/dashboard", include_in_schema=False)
-async def dashboard() -> Response:
-    page = (STATIC / "dashboard.html").read_bytes()
+def _page(name: str) -> Response:
     return Response(
-        page,
+        (STATIC / name).read_bytes(),
         media_type="text/html; charset=utf-8",
         headers={"Content-Security-Policy": _DASHBOARD_CSP, "Cache-Control": "no-cache"},
     )
+
+
+@router.get("/dashboard", include_in_schema=False)
+async def dashboard() -> Response:
+    return _page("dashboard.html")
+
+
+@router.get("/dashboard/clients/{client_id}", include_in_schema=False)
+async def client_page(client_id: str) -> Response:
+    # The page reads its client id from the URL and asks the API (with the key) for data:
+    # the HTML itself holds nothing about the client.
+    return _page("client.html")
 
 
 @router.get("/dashboard/{name}", include_in_schema=False)

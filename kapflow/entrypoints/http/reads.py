@@ -21,14 +21,19 @@ from kapflow.entrypoints.http.metrics import OWNERS
 from kapflow.entrypoints.http.readmodels import compute_stats
 from kapflow.entrypoints.http.schemas import (
     ClientOut,
+    DeviationOut,
     ParkedOut,
     PathwayOut,
+    ReadinessOut,
     RejectionOut,
     StatsOut,
     TaskOut,
 )
 from kapflow.service.access import Permission
 from kapflow.service.clock import deadlines
+from kapflow.service.deviations import recorded_deviations
+from kapflow.service.views import deadline_view, parked_view
+from workflow.readiness import dosing_readiness
 from workflow.states.diagram import mermaid
 from workflow.states.pathway import CLIENT_STATES, MAIN_LINE, PATHWAY_VERSION, CarePathway
 from workflow.tasks import iso
@@ -56,8 +61,9 @@ def parse_time(text: str | None, name: str) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def time_query(description: str) -> Any:
+def time_query(description: str, alias: str | None = None) -> Any:
     return Query(
+        alias=alias,
         description=description,
         examples=["2026-03-01T09:00:00Z"],
         json_schema_extra={"format": "date-time"},
@@ -88,6 +94,70 @@ def get_client(
     if client is None or (client.state == "new" and client.parked == 0):
         raise ApiError(404, "not_found", "no such client", client_id=client_id)
     return json_response(client.view())
+
+
+@router.get(
+    "/v1/clients/{client_id}/readiness",
+    tags=["clients"],
+    summary="Readiness: would a dosing at `at` be within the protocol? (`kapflow check`)",
+    description="Each of R5–R9, the hold and being in care, passed or failed with why, "
+    "judged by the same rule functions the engine applies to a recorded dosing. `at` "
+    "defaults to the server clock (a read-side question: the engine never reads the "
+    "clock). A client that is not ready is an answer (200), not an error.",
+    response_model=None,
+    responses={200: {"model": ReadinessOut}, **errors_for(401, 403, 404, 422)},
+)
+def readiness(
+    request: Request,
+    client_id: ClientIdPath,
+    _: Annotated[object, Depends(require(Permission.READ_CLIENTS))],
+    action: Annotated[
+        Literal["dose"], Query(description="the action to check (a dosing session)")
+    ] = "dose",
+    at: Annotated[str | None, time_query("when the action would happen")] = None,
+) -> Response:
+    ctx = services(request)
+    client = ctx.store.get_client(client_id)
+    if client is None or (client.state == "new" and client.parked == 0):
+        raise ApiError(404, "not_found", "no such client", client_id=client_id)
+    moment = parse_time(at, "at") or server_now()
+    return json_response(dosing_readiness(client, moment, ctx.runtime.policy))
+
+
+@router.get(
+    "/v1/deviations",
+    tags=["clients"],
+    summary="Every protocol deviation recorded, with its review (`kapflow deviations`)",
+    description="Facts of care recorded although they broke a rule (SPEC §3), whose event "
+    "happened between `from` and `to`; `open=true`: only those whose review is still "
+    "open; `client`: only that client's. A report, not a hot path: without `client` it "
+    "reads the whole history.",
+    response_model=None,
+    responses={200: {"model": list[DeviationOut]}, **errors_for(401, 403, 422)},
+)
+def deviations(
+    request: Request,
+    _: Annotated[object, Depends(require(Permission.READ_CLIENTS))],
+    from_: Annotated[
+        str | None, time_query("deviations that happened at or after this time", alias="from")
+    ] = None,
+    to: Annotated[str | None, time_query("deviations that happened at or before this time")] = None,
+    open_only: Annotated[bool, Query(alias="open", description="only open reviews")] = False,
+    client: Annotated[
+        str | None,
+        Query(pattern=CLIENT_ID_PATTERN, max_length=64, description="only this client's"),
+    ] = None,
+) -> Response:
+    since = parse_time(from_, "from")
+    until = parse_time(to, "to")
+    rows = recorded_deviations(
+        services(request).store,
+        since=iso(since) if since else None,
+        until=iso(until) if until else None,
+        open_only=open_only,
+        client_id=client,
+    )
+    return json_response([row.as_dict() for row in rows])
 
 
 @router.get(
@@ -228,9 +298,13 @@ def rejections(
     _: Annotated[object, Depends(require(Permission.READ_REJECTIONS))],
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    client: Annotated[
+        str | None,
+        Query(pattern=CLIENT_ID_PATTERN, max_length=64, description="only this client's"),
+    ] = None,
 ) -> Response:
-    record_access(request, "rejections", detail=f"after={after}")
-    rows = services(request).store.rejections(limit=limit, after=after)
+    record_access(request, "rejections", client_id=client, detail=f"after={after}")
+    rows = services(request).store.rejections(limit=limit, after=after, client_id=client)
     return json_response(
         [
             {
@@ -262,21 +336,7 @@ def parked(
 ) -> Response:
     record_access(request, "parked", client_id=client)
     events = services(request).store.parked_events(client)
-    return json_response(
-        [
-            {
-                "source": p.source,
-                "id": p.event_id,
-                "subject": p.client_id,
-                "type": p.type,
-                "occurred_at": p.occurred_at,
-                "recorded_at": p.recorded_at,
-                "reasons": _reasons(p.reasons),
-                "event": json.loads(p.event),
-            }
-            for p in events
-        ]
-    )
+    return json_response([parked_view(p) for p in events])
 
 
 class DeadlineOut(BaseModel):
@@ -308,8 +368,6 @@ def list_deadlines(
 ) -> Response:
     moment = parse_time(now, "now") or server_now()
     ctx = services(request)
-    found = deadlines(ctx.store, ctx.writer.service.policy, moment + timedelta(hours=within_hours))
+    found = deadlines(ctx.store, ctx.runtime.policy, moment + timedelta(hours=within_hours))
     limit = iso(moment)
-    return json_response(
-        [d.as_dict() | {"overdue": d.due <= limit} for d in found], {"X-Kapflow-Now": limit}
-    )
+    return json_response([deadline_view(d, limit) for d in found], {"X-Kapflow-Now": limit})

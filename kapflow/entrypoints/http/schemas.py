@@ -19,7 +19,7 @@ from events.outputs import Reason as ReasonOut
 # Tasks and reasons are documented by the same models that describe them on Kafka
 # (events/outputs.py): one definition of each shape for every consumer.
 
-Outcome = Literal["accepted", "duplicate", "rejected", "parked"]
+Outcome = Literal["accepted", "deviation", "duplicate", "rejected", "parked"]
 
 
 class _Open(BaseModel):
@@ -35,6 +35,14 @@ class OutcomeOut(_Open):
     outcome: Outcome
     reasons: list[ReasonOut]
     state: str | None = Field(description="the client's state after the event")
+
+
+class OpenDeviationOut(_Open):
+    """A recorded dosing whose protocol deviation is not resolved yet."""
+
+    session_id: str
+    occurred_at: str
+    rules: list[str]
 
 
 class ClientOut(_Open):
@@ -55,6 +63,9 @@ class ClientOut(_Open):
     reasons: list[str]
     parked_events: int
     last_event_time: str | None
+    open_deviations: list[OpenDeviationOut] = Field(
+        default_factory=list, description="dosings recorded as deviations, not yet resolved"
+    )
     open_tasks: list[TaskOut]
 
 
@@ -124,6 +135,47 @@ class RejectionOut(_Open):
     original: str = Field(description="the message as received (dead letter)")
 
 
+class ReadinessCheckOut(_Open):
+    rule: str = Field(description="R5–R9, HOLD or IN_CARE")
+    passed: bool
+    checks: str = Field(description="what the item asks, in a clinician's words")
+    why: str = Field(description="`ok`, or why the check failed")
+
+
+class ReadinessOut(_Open):
+    """`kapflow check ID --dose --json`: would a dosing at `at` be within the protocol?"""
+
+    client_id: str
+    action: Literal["dose"]
+    at: str = Field(description="RFC 3339: the time the dosing is judged at")
+    state: str | None
+    ready: bool = Field(description="every check passed")
+    checks: list[ReadinessCheckOut]
+
+
+class DeviationOut(_Open):
+    """`kapflow deviations`: one protocol deviation recorded, with its review."""
+
+    client_id: str
+    seq: int = Field(description="the history entry that recorded the deviating event")
+    event_id: str
+    event_type: str
+    occurred_at: str
+    recorded_at: str
+    pathway_version: str
+    rules: list[str] = Field(description="the rules it broke (R-ids or codes such as ON_HOLD)")
+    reasons: list[ReasonOut]
+    review_task_id: str | None = Field(description="its `review-protocol-deviation` task")
+    status: Literal["open", "resolved", "reviewed"] = Field(
+        description="`resolved`: a late fact showed no rule broken at the event's time; "
+        "`reviewed`: its review task was closed; `open` otherwise"
+    )
+    resolved_by_event_id: str | None
+    revealed_by_event_id: str | None = Field(
+        description="a dosing recorded within the protocol that a late fact showed broke a rule"
+    )
+
+
 class ParkedOut(_Open):
     source: str
     id: str
@@ -142,12 +194,22 @@ class DivergenceOut(_Open):
     detail: str
 
 
+class AccessLogCheckOut(_Open):
+    ok: bool
+    rows: int
+    head_position: int | None = Field(description="keep it: a later verify must extend it")
+    head_hash: str
+
+
 class VerifyOut(_Open):
     ok: bool
     clients: int
     entries: int
     pathway_version: str
     divergences: list[DivergenceOut]
+    access_log: AccessLogCheckOut | None = Field(
+        None, description="the access log's hash chain (its divergences are listed above)"
+    )
 
 
 class AccessRecordOut(_Open):
@@ -158,6 +220,8 @@ class AccessRecordOut(_Open):
     action: str
     client_id: str | None
     detail: str | None
+    prev_hash: str | None = Field(None, description="hash of the row before (chain link)")
+    hash: str | None = Field(None, description="SHA-256 over prev_hash, position and fields")
 
 
 class TransitionOut(_Open):
@@ -182,4 +246,5 @@ class HealthOut(_Open):
 class ReadyOut(_Open):
     status: str
     database: str
+    access_log: str = Field("ok", description="the access log can be written (audited reads)")
     writer: str

@@ -18,10 +18,11 @@ from typing import Any
 
 import uvicorn
 
+from kapflow.bootstrap import bootstrap
 from kapflow.entrypoints.http.app import create_app
 from kapflow.entrypoints.http.context import HttpSettings, MiB
 from kapflow.service.access import KeyConfigError, load_keys
-from kapflow.store import open_store
+from kapflow.service.outbox import OUTBOX_RETENTION
 
 INSECURE_BANNER = """
 !!! ------------------------------------------------------------------------------- !!!
@@ -31,6 +32,10 @@ INSECURE_BANNER = """
 !!!  X-Kapflow-Insecure-Dev: true and the dashboard shows a warning.                 !!!
 !!! ------------------------------------------------------------------------------- !!!
 """
+
+
+class CannotServe(Exception):
+    """`kapflow serve` cannot start as asked: the CLI prints it as one line (exit 2)."""
 
 
 class ServiceServer(uvicorn.Server):
@@ -80,19 +85,17 @@ def _is_loopback(host: str) -> bool:
 
 
 def settings_from_args(args: argparse.Namespace) -> HttpSettings:
-    from kapflow.entrypoints.cli import CommandError
-
     if args.insecure_dev:
         if not _is_loopback(args.host):
-            raise CommandError("--insecure-dev serves only on a loopback address (127.0.0.1)")
+            raise CannotServe("--insecure-dev serves only on a loopback address (127.0.0.1)")
         keys = None
     else:
         try:
             keys = load_keys(args.keys_file, os.environ.get("KAPFLOW_API_KEYS"))
         except KeyConfigError as error:
-            raise CommandError(str(error)) from error
+            raise CannotServe(str(error)) from error
         if not len(keys):
-            raise CommandError(
+            raise CannotServe(
                 "no API keys configured: give --keys-file FILE or set KAPFLOW_API_KEYS "
                 "(create keys with `kapflow keys create`), or --insecure-dev for development"
             )
@@ -105,12 +108,13 @@ def settings_from_args(args: argparse.Namespace) -> HttpSettings:
         keepalive=getattr(args, "keepalive", 15.0),
         clock_interval=getattr(args, "clock_interval", 30.0),
         kafka=getattr(args, "kafka", None),
+        keys_file=None if args.insecure_dev else args.keys_file,
+        keys_poll_interval=getattr(args, "keys_poll_interval", 1.0),
+        outbox_retention=getattr(args, "outbox_retention", None) or OUTBOX_RETENTION,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from kapflow.entrypoints.cli import CommandError
-
     settings = settings_from_args(args)
     if settings.kafka:
         from kapflow.settings import SettingsError, load_kafka_settings
@@ -118,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             load_kafka_settings(kafka=settings.kafka, db=settings.db)
         except SettingsError as error:
-            raise CommandError(str(error)) from error
-    open_store(settings.db).close()  # fail here, in one line, if the database is unusable
+            raise CannotServe(str(error)) from error
+    bootstrap(settings.db).close()  # fail here, in one line, if the database is unusable
     if settings.insecure_dev:
         sys.stderr.write(INSECURE_BANNER)
 

@@ -1,4 +1,5 @@
-"""The live stream (SPEC §5): state changes, task changes and rejections as Server-Sent Events.
+"""The live stream (SPEC §5): state changes, task changes, rejections and protocol
+deviations as Server-Sent Events.
 
 Read from the transactional outbox, so the stream shows exactly what was committed, in
 commit order, and nothing recorded is ever missed. One `OutboxFeed` per process polls the
@@ -21,7 +22,9 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import math
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from kapflow.service.outbox import REJECTED, STATE_CHANGES, Message, render
+from kapflow.service.outbox import DEAD_LETTERS, STATE_CHANGES, Message, render
 from kapflow.store.base import EventStore, OutboxRow
 
 log = logging.getLogger("kapflow.stream")
@@ -213,6 +216,45 @@ class OutboxFeed:
         return True
 
 
+async def recent_messages(
+    feed: OutboxFeed, topics: frozenset[str], per_topic: int, max_rows: int = 20_000
+) -> tuple[int, list[tuple[int, int, Message]]]:
+    """The latest `per_topic` messages of each topic, oldest first, and the position they
+    were read up to.
+
+    Why: a dashboard opening on a busy store wants its "recent" lists filled at once, but the
+    last N outbox rows may hold no state change at all (a clock tick escalating many tasks).
+    This walks back from the head page by page until each topic has enough or `max_rows`
+    rows were read. A stream opened with `?after=<position>` then continues exactly there:
+    no gap, no duplicate.
+    """
+    head = feed.head
+    found: dict[str, list[tuple[int, int, Message]]] = {topic: [] for topic in topics}
+    cursor, page = head, 500
+    while cursor > 0 and head - cursor < max_rows:
+        if all(len(found[topic]) >= per_topic for topic in topics):
+            break
+        start = max(cursor - page, 0)
+        rows = [row for row in await feed.rows_after(start, page) if row.position <= cursor]
+        for row in reversed(rows):
+            for index in reversed(range(len(row.messages))):
+                message = row.messages[index]
+                if message.topic in found and len(found[message.topic]) < per_topic:
+                    found[message.topic].append((row.position, index, message))
+        cursor = start
+    merged = sorted(item for items in found.values() for item in items)
+    return head, merged
+
+
+def event_payload(message: Message, redact: bool) -> dict[str, Any]:
+    """A message as the stream sends it in `data:`; dead letters without the original for
+    keys that may not read rejections."""
+    payload = message.payload
+    if redact and message.topic == DEAD_LETTERS and "original" in payload:
+        payload = {k: v for k, v in payload.items() if k != "original"}
+    return {"id": message.id, "key": message.key, **payload}
+
+
 def state_change_of(row: FeedRow) -> Iterable[tuple[str, str]]:
     for message in row.messages:
         if message.topic == STATE_CHANGES:
@@ -220,10 +262,7 @@ def state_change_of(row: FeedRow) -> Iterable[tuple[str, str]]:
 
 
 def _event_text(position: int, index: int, message: Message, redact: bool) -> bytes:
-    payload = message.payload
-    if redact and message.topic == REJECTED and "original" in payload:
-        payload = {k: v for k, v in payload.items() if k != "original"}
-    data = orjson.dumps({"id": message.id, "key": message.key, **payload})
+    data = orjson.dumps(event_payload(message, redact))
     return b"id: %d.%d\nevent: %s\ndata: %s\n\n" % (
         position,
         index,
@@ -239,8 +278,15 @@ async def sse_events(
     topics: frozenset[str],
     redact_originals: bool,
     keepalive: float,
+    max_seconds: float = 0.0,
 ) -> AsyncIterator[bytes]:
-    """The SSE body for one connection: resume point `after` = (position, index or None)."""
+    """The SSE body for one connection: resume point `after` = (position, index or None).
+
+    `max_seconds` > 0 ends the response after about that long, between events: EventSource
+    then reconnects with the last `id` it saw (as after any disconnect), so nothing is
+    missed; proxies that cap a connection's lifetime, and tests, need an end.
+    """
+    ends = time.monotonic() + max_seconds if max_seconds > 0 else math.inf
     yield b"retry: 3000\n: kapflow stream\n\n"
     cursor, index = after
     if index is not None:
@@ -250,7 +296,7 @@ async def sse_events(
                 for i, message in enumerate(row.messages):
                     if i > index and message.topic in topics:
                         yield _event_text(row.position, i, message, redact_originals)
-    while not feed.stopping:
+    while not feed.stopping and time.monotonic() < ends:
         rows = await feed.rows_after(cursor)
         if rows:
             for row in rows:
@@ -259,5 +305,6 @@ async def sse_events(
                         yield _event_text(row.position, i, message, redact_originals)
                 cursor = row.position
             continue
-        if not await feed.wait_beyond(cursor, keepalive):
+        wait = min(keepalive, max(ends - time.monotonic(), 0.0))
+        if not await feed.wait_beyond(cursor, wait) and wait == keepalive:
             yield b": keep-alive\n\n"

@@ -1,43 +1,30 @@
 // kapflow operations dashboard: no framework, no external files (served with a strict CSP).
 // Data: /v1/pathway once, /v1/stats on load and (debounced) after every streamed change,
-// /v1/stream (Server-Sent Events) for the recent-changes and rejections lists.
+// /v1/stream/recent to fill the recent-changes and rejections lists on load, then
+// /v1/stream (Server-Sent Events) from exactly there; /v1/tasks for the work queue, whose
+// actions (common.js) are recorded as operations events.
 // Only ids and codes are shown: client ids, states, event types, reason codes.
 "use strict";
 
 (() => {
-  const KEY_STORAGE = "kapflow.apiKey";
+  const K = window.Kapflow;
+  const { api, html, fmt, label, clock } = K;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const MAX_ITEMS = 40;
-  const BACKLOG_ROWS = 400;
-  const OWNERS = ["scheduler", "clinician", "billing", "prescriber_liaison", "client"];
+  const QUEUE_ROWS = 200;
+  const OWNERS = K.OWNERS;
   const ACTIVE = ["inquiry", "assessed", "cleared", "prepared", "dosed", "integrating"];
 
-  let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
   let source = null;
+  let resumeAfter = null;
+  let queueTimer = null;
   let pathway = null;
   let refreshTimer = null;
   let retryTimer = null;
   let liveSince = 0;
   const seen = new Set();
   const nodes = {};
-  const $ = (id) => document.getElementById(id);
-
-  class AuthError extends Error {}
-
-  // --- API -----------------------------------------------------------------------------
-  async function api(path) {
-    const headers = apiKey ? { Authorization: "Bearer " + apiKey } : {};
-    const response = await fetch(path, { headers, cache: "no-store" });
-    if (response.headers.get("X-Kapflow-Insecure-Dev") === "true") {
-      $("insecure-banner").hidden = false;
-    }
-    if (response.status === 401 || response.status === 403) {
-      const body = await response.json().catch(() => ({}));
-      throw new AuthError(body.detail || "this key may not open the dashboard");
-    }
-    if (!response.ok) throw new Error("HTTP " + response.status);
-    return response.json();
-  }
+  const $ = K.$;
 
   // --- connection indicator ------------------------------------------------------------
   function setConnection(state, text) {
@@ -53,19 +40,6 @@
     for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
     if (parent) parent.appendChild(el);
     return el;
-  }
-  function html(tag, className, text) {
-    const el = document.createElement(tag);
-    if (className) el.className = className;
-    if (text !== undefined && text !== null) el.textContent = text;
-    return el;
-  }
-  const fmt = (n) => (n === undefined || n === null ? "—" : Number(n).toLocaleString("en-US"));
-  const label = (state) => (state || "—").replace(/_/g, " ");
-  function clock(iso) {
-    const d = new Date(iso);
-    if (isNaN(d)) return "—";
-    return d.toLocaleTimeString("en-GB", { hour12: false });
   }
   function setNumber(id, value, zeroClass) {
     const el = $(id);
@@ -239,7 +213,7 @@
     t.title = m.recorded_at;
     const what = html("span", "what");
     what.append(
-      html("span", "client", m.client_id),
+      K.clientLink(m.client_id),
       html("span", "chip s-" + (m.from_state || "new"), label(m.from_state || "new")),
       html("span", "arrow", "→"),
       html("span", "chip s-" + m.to_state, label(m.to_state)),
@@ -254,13 +228,19 @@
     const t = html("span", "time", clock(m.recorded_at));
     t.title = m.recorded_at;
     const what = html("span", "what");
-    what.append(html("span", "client", m.subject || "—"), html("span", "type", m.type || "unparseable"));
+    what.append(
+      m.subject ? K.clientLink(m.subject) : html("span", "client", "—"),
+      html("span", "type", m.type || "unparseable"),
+    );
     for (const reason of m.reasons || []) what.append(html("span", "chip reason", reason.code));
     li.append(t, what);
     prepend("rejections", "rejections-empty", li);
   }
 
   function onMessage(kind, event) {
+    // Reconnecting by hand (after an error) resumes at this row; `seen` drops repeats.
+    const position = parseInt(event.lastEventId || "", 10);
+    if (!isNaN(position)) resumeAfter = Math.max(position - 1, 0);
     let m;
     try { m = JSON.parse(event.data); } catch { return; }
     if (seen.has(m.id)) return;
@@ -268,15 +248,75 @@
     if (seen.size > 5000) seen.delete(seen.values().next().value);
     if (kind === "state") addStateChange(m);
     if (kind === "rejected") addRejection(m);
+    if (kind === "task") {
+      $("queue-live").textContent =
+        `last change: ${m.change} ${m.task.code} for ${m.client_id} at ${clock(m.recorded_at)}`;
+      scheduleQueue();
+    }
     scheduleRefresh();
+  }
+
+  // Fill the lists from the backlog, then follow the stream from exactly where it ended.
+  async function loadRecent() {
+    const recent = await api("/v1/stream/recent?limit=" + MAX_ITEMS);
+    liveSince = Date.now();
+    for (const message of recent.messages) {
+      if (message.event === "state-changes") onMessage("state", { data: JSON.stringify(message.data) });
+      if (message.event === "rejected") onMessage("rejected", { data: JSON.stringify(message.data) });
+    }
+    resumeAfter = recent.position;
+  }
+
+  // --- the work queue ------------------------------------------------------------------------
+  function queueQuery() {
+    const params = new URLSearchParams({ open: "true", limit: "5000" });
+    if ($("filter-owner").value) params.set("owner", $("filter-owner").value);
+    if ($("filter-overdue").checked) params.set("overdue", "true");
+    return "/v1/tasks?" + params.toString();
+  }
+
+  async function loadQueue() {
+    const [me, tasks] = await Promise.all([K.whoAmI(), api(queueQuery())]);
+    const priority = $("filter-priority").value;
+    const now = new Date().toISOString().slice(0, 19) + "Z";
+    const rank = (t) => K.PRIORITIES.indexOf(t.priority);
+    const shown = tasks
+      .filter((t) => !priority || t.priority === priority)
+      .sort((a, b) => rank(a) - rank(b) || a.due.localeCompare(b.due));
+    const overdue = shown.filter((t) => K.isOverdue(t, now)).length;
+    $("queue-count").textContent = `${fmt(shown.length)} open · ${fmt(overdue)} overdue` +
+      (shown.length > QUEUE_ROWS ? ` · showing the first ${QUEUE_ROWS}` : "");
+    $("queue-role").textContent = me.may_act_on_tasks
+      ? `signed in as ${me.name} (${me.role})`
+      : `signed in as ${me.name} (${me.role}): read only — an operations key may act on tasks`;
+    const table = K.taskTable(shown.slice(0, QUEUE_ROWS), {
+      now, mayAct: me.may_act_on_tasks, onDone: afterAction, caption: "Open tasks, most urgent first",
+    });
+    K.replaceKeepingFocus($("queue"), table);
+    $("queue-empty").hidden = shown.length > 0;
+  }
+
+  function afterAction(message, isError) {
+    K.announce(message, isError);
+    scheduleQueue();
+    scheduleRefresh();
+  }
+
+  function scheduleQueue() {
+    if (queueTimer) return;
+    queueTimer = setTimeout(async () => {
+      queueTimer = null;
+      try { await loadQueue(); } catch (error) { handleError(error); }
+    }, 250);
   }
 
   // --- the live stream -------------------------------------------------------------------
   function connectStream() {
     if (source) source.close();
     clearTimeout(retryTimer);
-    const params = new URLSearchParams({ backlog: String(BACKLOG_ROWS) });
-    if (apiKey) params.set("access_token", apiKey); // EventSource cannot send headers
+    const params = new URLSearchParams();
+    if (resumeAfter !== null) params.set("after", String(resumeAfter));
+    if (K.hasKey()) params.set("access_token", K.key()); // EventSource cannot send headers
     source = new EventSource("/v1/stream?" + params.toString());
     setConnection("reconnecting", "connecting");
     source.onopen = () => {
@@ -301,14 +341,11 @@
   function showLogin(message) {
     if (source) source.close();
     setConnection("offline", "signed out");
-    $("login").hidden = false;
-    $("login-error").hidden = !message;
-    $("login-error").textContent = message || "";
-    $("login-key").focus();
+    K.showLogin(message);
   }
 
   function handleError(error) {
-    if (error instanceof AuthError) {
+    if (error instanceof K.AuthError || (error instanceof K.ApiFailure && error.status === 403)) {
       showLogin(error.message);
     } else {
       setConnection("offline", "offline");
@@ -325,25 +362,28 @@
       }
       await refreshStats();
       $("login").hidden = true;
-      $("signout").hidden = !apiKey;
+      $("signout").hidden = !K.hasKey();
+      if (resumeAfter === null) await loadRecent();
+      await loadQueue();
       connectStream();
     } catch (error) {
       handleError(error);
     }
   }
 
-  $("login-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    apiKey = $("login-key").value.trim();
-    sessionStorage.setItem(KEY_STORAGE, apiKey);
-    $("login-key").value = "";
-    start();
-  });
+  K.wireLogin(start);
   $("signout").addEventListener("click", () => {
-    apiKey = "";
-    sessionStorage.removeItem(KEY_STORAGE);
-    $("signout").hidden = true;
-    showLogin("");
+    if (source) source.close();
+    setConnection("offline", "signed out");
+  });
+  for (const id of ["filter-owner", "filter-priority", "filter-overdue"]) {
+    $(id).addEventListener("change", scheduleQueue);
+  }
+  $("queue-filters").addEventListener("submit", (event) => event.preventDefault());
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = $("search-client").value.trim();
+    if (id) window.location.href = "/dashboard/clients/" + encodeURIComponent(id);
   });
   setInterval(() => { if (source && source.readyState === EventSource.OPEN) scheduleRefresh(); }, 30000);
   start();

@@ -1,0 +1,275 @@
+// kapflow screens: what the operations dashboard and the client page share.
+// The API key (kept in this tab's sessionStorage), JSON calls, the sign-in form, small DOM
+// helpers, and the work queue's task actions (claim, complete, cancel, reassign), which are
+// recorded by the server as operations events. Only ids and codes are ever shown.
+"use strict";
+
+window.Kapflow = (() => {
+  const KEY_STORAGE = "kapflow.apiKey";
+  const OWNERS = ["scheduler", "clinician", "billing", "prescriber_liaison", "client"];
+  const PRIORITIES = ["stat", "asap", "urgent", "routine"];
+  const CANCEL_REASONS = ["not_applicable", "duplicate_request", "client_declined", "done_elsewhere"];
+  let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
+  let me = null;
+
+  class AuthError extends Error {}
+  class ApiFailure extends Error {
+    constructor(status, body) {
+      super(body.detail || "HTTP " + status);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  const $ = (id) => document.getElementById(id);
+
+  async function api(path, options) {
+    const headers = { ...(options && options.headers) };
+    if (apiKey) headers.Authorization = "Bearer " + apiKey;
+    const init = { cache: "no-store", ...options, headers };
+    const response = await fetch(path, init);
+    if (response.headers.get("X-Kapflow-Insecure-Dev") === "true") {
+      const banner = $("insecure-banner");
+      if (banner) banner.hidden = false;
+    }
+    if (response.status === 401) {
+      const body = await response.json().catch(() => ({}));
+      throw new AuthError(body.detail || "sign in with an API key");
+    }
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new ApiFailure(response.status, body);
+    }
+    return response.json();
+  }
+
+  function post(path, body, idempotencyKey) {
+    const headers = { "Content-Type": "application/json" };
+    if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
+    return api(path, { method: "POST", headers, body: JSON.stringify(body || {}) });
+  }
+
+  async function whoAmI() {
+    if (!me) me = await api("/v1/me");
+    return me;
+  }
+
+  function setKey(value) {
+    apiKey = value;
+    me = null;
+    if (value) sessionStorage.setItem(KEY_STORAGE, value);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  }
+  const hasKey = () => Boolean(apiKey);
+  const key = () => apiKey;
+
+  // --- sign in ----------------------------------------------------------------------------
+  function showLogin(message) {
+    $("login").hidden = false;
+    $("login-error").hidden = !message;
+    $("login-error").textContent = message || "";
+    $("login-key").focus();
+  }
+
+  function wireLogin(start) {
+    $("login-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      setKey($("login-key").value.trim());
+      $("login-key").value = "";
+      $("login").hidden = true;
+      start();
+    });
+    const signout = $("signout");
+    if (signout) {
+      signout.addEventListener("click", () => {
+        setKey("");
+        signout.hidden = true;
+        showLogin("");
+      });
+    }
+  }
+
+  // --- DOM helpers --------------------------------------------------------------------------
+  function html(tag, className, text) {
+    const el = document.createElement(tag);
+    if (className) el.className = className;
+    if (text !== undefined && text !== null) el.textContent = text;
+    return el;
+  }
+  const fmt = (n) => (n === undefined || n === null ? "—" : Number(n).toLocaleString("en-US"));
+  const label = (state) => (state || "—").replace(/_/g, " ");
+  function clock(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return "—";
+    return d.toLocaleTimeString("en-GB", { hour12: false });
+  }
+  function when(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return "—";
+    return d.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  }
+  function clientLink(clientId) {
+    const a = html("a", "client", clientId);
+    a.href = "/dashboard/clients/" + encodeURIComponent(clientId);
+    return a;
+  }
+  function isOverdue(task, now) {
+    return (task.status === "requested" || task.status === "in-progress") && task.due < now;
+  }
+  // Status in words and a symbol, never by colour alone.
+  function dueCell(task, now) {
+    const cell = html("span", "due");
+    cell.append(html("span", "due-time", when(task.due)));
+    if (isOverdue(task, now)) {
+      const flag = html("span", "flag overdue-flag", "⚠ overdue");
+      cell.append(" ", flag);
+    }
+    return cell;
+  }
+  function priorityChip(priority) {
+    const marks = { stat: "▲▲▲", asap: "▲▲", urgent: "▲", routine: "·" };
+    const chip = html("span", "chip prio prio-" + priority);
+    chip.append(html("span", "prio-mark", marks[priority] || ""), " " + priority);
+    return chip;
+  }
+  function statusChip(status) {
+    return html("span", "chip status status-" + status, status === "in-progress" ? "in progress" : status);
+  }
+
+  // --- task actions -----------------------------------------------------------------------------
+  // A fresh Idempotency-Key per click: a retried request (not a second click) is a duplicate.
+  function requestId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return Date.now().toString(16) + "-" + Math.random().toString(16).slice(2);
+  }
+
+  // One row's buttons. `onDone(message)` is called after the server recorded the action.
+  function taskActions(task, onDone) {
+    const box = html("div", "actions");
+    const what = `${task.code} for ${task.for}`;
+    const act = async (action, body, button) => {
+      button.disabled = true;
+      try {
+        const result = await post(`/v1/tasks/${encodeURIComponent(task.id)}/${action}`, body, requestId());
+        onDone(`${action}: ${what} — ${result.outcome}; now ${result.task ? result.task.status : "closed"}`);
+      } catch (error) {
+        button.disabled = false;
+        const reason = error instanceof ApiFailure && error.status === 403
+          ? "this key may not act on tasks (an operations key may)"
+          : error.message;
+        onDone(`${action} failed: ${what} — ${reason}`, true);
+      }
+    };
+    const button = (text, action, body, hint) => {
+      const b = html("button", "act act-" + action, text);
+      b.type = "button";
+      b.id = `${action}-${task.id}`;
+      b.setAttribute("aria-label", `${hint || text} ${what}`);
+      b.addEventListener("click", () => act(action, typeof body === "function" ? body() : body, b));
+      return b;
+    };
+    if (task.status === "requested") box.append(button("Claim", "claim", {}, "Claim"));
+    box.append(button("Complete", "complete", {}, "Complete"));
+
+    const more = html("details", "more");
+    const summary = html("summary", null, "More");
+    summary.id = "more-" + task.id;
+    summary.setAttribute("aria-label", `More actions for ${what}`);
+    more.append(summary);
+    const panel = html("div", "more-panel");
+    const reasonId = "reason-" + task.id;
+    const reasonLabel = html("label", "small", "Reason");
+    reasonLabel.htmlFor = reasonId;
+    const reason = html("select");
+    reason.id = reasonId;
+    for (const code of CANCEL_REASONS) {
+      const option = html("option", null, label(code));
+      option.value = code;
+      reason.append(option);
+    }
+    panel.append(reasonLabel, reason, button("Cancel task", "cancel", () => ({ reason: reason.value }), "Cancel task"));
+    const roleId = "role-" + task.id;
+    const roleLabel = html("label", "small", "Owner");
+    roleLabel.htmlFor = roleId;
+    const role = html("select");
+    role.id = roleId;
+    for (const owner of OWNERS) {
+      if (owner === task.owner) continue;
+      const option = html("option", null, label(owner));
+      option.value = owner;
+      role.append(option);
+    }
+    panel.append(roleLabel, role, button("Reassign", "reassign", () => ({ to_role: role.value }), "Reassign"));
+    more.append(panel);
+    box.append(more);
+    return box;
+  }
+
+  // A table of tasks with their actions (or, for keys that may not act, without them).
+  function taskTable(tasks, { now, mayAct, onDone, showClient = true, caption }) {
+    const table = html("table", "table queue-table");
+    if (caption) table.append(html("caption", "sr-only", caption));
+    const head = html("thead");
+    const tr = html("tr");
+    const columns = ["Due", "Priority", "Task", ...(showClient ? ["Client"] : []), "Owner", "Status", ...(mayAct ? ["Actions"] : [])];
+    for (const column of columns) {
+      const th = html("th", null, column);
+      th.scope = "col";
+      tr.append(th);
+    }
+    head.append(tr);
+    table.append(head);
+    const body = html("tbody");
+    for (const task of tasks) {
+      const row = html("tr");
+      row.dataset.task = task.id;
+      row.dataset.code = task.code;
+      if (isOverdue(task, now)) row.classList.add("is-overdue");
+      const cells = [dueCell(task, now), priorityChip(task.priority)];
+      const what = html("span", "task-what");
+      what.append(html("span", "code", task.code), html("span", "desc muted small", task.description || ""));
+      cells.push(what);
+      if (showClient) cells.push(clientLink(task.for));
+      cells.push(html("span", "owner", task.owner), statusChip(task.status));
+      if (mayAct) cells.push(taskActions(task, onDone));
+      for (const content of cells) {
+        const td = html("td");
+        td.append(content);
+        row.append(td);
+      }
+      body.append(row);
+    }
+    table.append(body);
+    return table;
+  }
+
+  // Replace a task table without losing what the person was doing in it: a live update must
+  // not close an open "More" panel or move the keyboard focus.
+  function replaceKeepingFocus(container, table) {
+    const open = [...container.querySelectorAll("details[open]")].map((d) => d.closest("tr").dataset.task);
+    const focused = document.activeElement && container.contains(document.activeElement)
+      ? document.activeElement.id : "";
+    container.replaceChildren(table);
+    for (const id of open) {
+      const details = container.querySelector(`tr[data-task="${CSS.escape(id)}"] details`);
+      if (details) details.open = true;
+    }
+    if (focused) {
+      const again = document.getElementById(focused);
+      if (again) again.focus();
+    }
+  }
+
+  function announce(message, isError) {
+    const region = $("announcer");
+    if (!region) return;
+    region.textContent = message;
+    region.classList.toggle("error", Boolean(isError));
+  }
+
+  return {
+    OWNERS, PRIORITIES, AuthError, ApiFailure, api, post, whoAmI, setKey, hasKey, key,
+    showLogin, wireLogin, html, fmt, label, clock, when, clientLink, isOverdue,
+    priorityChip, statusChip, taskTable, replaceKeepingFocus, announce, $,
+  };
+})();

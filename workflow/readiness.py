@@ -1,0 +1,89 @@
+"""Readiness before the fact: would a dosing at time T be within the protocol?
+
+Publishers ask before a session (`kapflow check ID --dose`, `GET /v1/clients/{id}/readiness`)
+and the dashboard shows the checklist. Each item is judged by the very check the engine
+applies to a recorded dosing (workflow/states/rules.py), on a prospective dosing at T: one
+definition of every rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from events.envelope import CloudEvent
+from workflow.client import ClientSnapshot
+from workflow.deviations import to_timeline
+from workflow.policy import DEFAULT_POLICY, CarePolicy
+from workflow.releases import CURRENT_RELEASE
+from workflow.states.rules import (
+    Check,
+    RuleContext,
+    in_care,
+    not_on_hold,
+    r5_valid_clearance,
+    r6_preparation_done,
+    r7_chaperone_and_abstinence,
+    r8_integration_followed_last_dosing,
+    r9_medication_available,
+)
+from workflow.tasks import iso
+
+# (item, check, what it asks) in the order a clinician reads a pre-session checklist.
+DOSING_CHECKLIST: tuple[tuple[str, Check, str], ...] = (
+    ("R5", r5_valid_clearance, "a medical clearance from an independent prescriber in force"),
+    ("R6", r6_preparation_done, "at least one preparatory session, client marked ready"),
+    ("R7", r7_chaperone_and_abstinence, "chaperone confirmed for the booked dosing"),
+    ("R8", r8_integration_followed_last_dosing, "integration after the previous dosing"),
+    ("R9", r9_medication_available, "medication available (package doses or subscription)"),
+    ("HOLD", not_on_hold, "no safety or administrative hold"),
+    ("IN_CARE", in_care, "the client is in care (not ineligible, withdrawn or completed)"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessItem:
+    rule: str
+    passed: bool
+    checks: str
+    why: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "passed": self.passed, "checks": self.checks, "why": self.why}
+
+
+def dosing_readiness(
+    client: ClientSnapshot, at: datetime, policy: CarePolicy = DEFAULT_POLICY
+) -> dict[str, Any]:
+    """Each of R5–R9, the hold and being in care, passed or failed with why, for a dosing
+    at `at`. The abstinence attestation is the client's, given at the session itself, so
+    R7 here asks only for the chaperone of a booked dosing."""
+    if CURRENT_RELEASE.judges_at_event_time and not client.timeline:
+        client = to_timeline(client)
+    prospective = CloudEvent.model_construct(
+        type="clinician.dosing_started",
+        time=at,
+        data=SimpleNamespace(
+            session_id="prospective",
+            pathway=client.pathway,
+            chaperone_confirmed=bool(client.chaperones_confirmed),
+            abstinence_attested=True,
+        ),
+    )
+    ctx = RuleContext(client, prospective, policy, CURRENT_RELEASE)
+    items = []
+    for rule, check, asks in DOSING_CHECKLIST:
+        reason = check(ctx)
+        items.append(
+            ReadinessItem(rule, reason is None, asks, "ok" if reason is None else reason.message)
+        )
+    return {
+        "client_id": client.client_id,
+        "action": "dose",
+        "at": iso(at),
+        "state": None if client.state == "new" else client.state,
+        "ready": all(item.passed for item in items),
+        "checks": [item.as_dict() for item in items],
+    }
