@@ -18,29 +18,8 @@ from workflow.client import ClientSnapshot
 from workflow.deviations import to_timeline
 from workflow.policy import DEFAULT_POLICY, CarePolicy
 from workflow.releases import CURRENT_RELEASE
-from workflow.states.rules import (
-    Check,
-    RuleContext,
-    in_care,
-    not_on_hold,
-    r5_valid_clearance,
-    r6_preparation_done,
-    r7_chaperone_and_abstinence,
-    r8_integration_followed_last_dosing,
-    r9_medication_available,
-)
+from workflow.states.rules import DOSING_RULES, RuleContext
 from workflow.tasks import iso
-
-# (item, check, what it asks) in the order a clinician reads a pre-session checklist.
-DOSING_CHECKLIST: tuple[tuple[str, Check, str], ...] = (
-    ("R5", r5_valid_clearance, "a medical clearance from an independent prescriber in force"),
-    ("R6", r6_preparation_done, "at least one preparatory session, client marked ready"),
-    ("R7", r7_chaperone_and_abstinence, "chaperone confirmed for the booked dosing"),
-    ("R8", r8_integration_followed_last_dosing, "integration after the previous dosing"),
-    ("R9", r9_medication_available, "medication available (package doses or subscription)"),
-    ("HOLD", not_on_hold, "no safety or administrative hold"),
-    ("IN_CARE", in_care, "the client is in care (not ineligible, withdrawn or completed)"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +53,7 @@ def dosing_readiness(
     )
     ctx = RuleContext(client, prospective, policy, CURRENT_RELEASE)
     items = []
-    for rule, check, asks in DOSING_CHECKLIST:
+    for rule, check, asks in DOSING_RULES:
         reason = check(ctx)
         items.append(
             ReadinessItem(rule, reason is None, asks, "ok" if reason is None else reason.message)

@@ -52,6 +52,19 @@ def _each(*states: State, to: State, **options: Any) -> Any:
     return combined
 
 
+def _release(hold: State, *, cond: Any, validators: Any, **targets: State) -> Any:
+    """Leave the hold for the state it was placed from (`returns_to`), when `cond` holds.
+    Targets are named: inside the class body a State does not know its id yet."""
+    transitions = [
+        hold.to(state, cond=[cond, returns_to(name)], validators=validators)
+        for name, state in targets.items()
+    ]
+    combined = transitions[0]
+    for transition in transitions[1:]:
+        combined = combined | transition
+    return combined
+
+
 class CarePathway(StateMachine):
     """Inquiry → assessed → cleared → prepared → dosed → integrating (→ dosed again)."""
 
@@ -106,25 +119,14 @@ class CarePathway(StateMachine):
     # returns where they were, as a clinician's release would return them.
     renew_prescription = (
         _stay(*CLEARED_FOR_TREATMENT, validators=names_clients_prescriber)
-        | on_hold.to(
-            cleared,
-            cond=[renewal_cures_hold, returns_to("cleared")],
+        | _release(
+            on_hold,
+            cond=renewal_cures_hold,
             validators=names_clients_prescriber,
-        )
-        | on_hold.to(
-            prepared,
-            cond=[renewal_cures_hold, returns_to("prepared")],
-            validators=names_clients_prescriber,
-        )
-        | on_hold.to(
-            dosed,
-            cond=[renewal_cures_hold, returns_to("dosed")],
-            validators=names_clients_prescriber,
-        )
-        | on_hold.to(
-            integrating,
-            cond=[renewal_cures_hold, returns_to("integrating")],
-            validators=names_clients_prescriber,
+            cleared=cleared,
+            prepared=prepared,
+            dosed=dosed,
+            integrating=integrating,
         )
         | _stay(on_hold, validators=names_clients_prescriber)
     )

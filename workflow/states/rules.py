@@ -436,15 +436,21 @@ def is_severe(ctx: RuleContext) -> bool:
 # --- Validators, as attached to the machine's transitions ------------------------------
 
 evaluation_names_matching_pathway = validator(r5_prescriber_fixes_pathway, any_state=True)
+# A dosing's protocol rules, in the order a clinician reads a pre-session checklist, with
+# what each asks: the engine judges a recorded dosing by them (`dosing_is_safe`), readiness
+# a prospective one (workflow/readiness.py). One definition.
+DOSING_RULES: tuple[tuple[str, Check, str], ...] = (
+    ("R5", r5_valid_clearance, "a medical clearance from an independent prescriber in force"),
+    ("R6", r6_preparation_done, "at least one preparatory session, client marked ready"),
+    ("R7", r7_chaperone_and_abstinence, "chaperone confirmed for the booked dosing"),
+    ("R8", r8_integration_followed_last_dosing, "integration after the previous dosing"),
+    ("R9", r9_medication_available, "medication available (package doses or subscription)"),
+    ("HOLD", not_on_hold, "no safety or administrative hold"),
+    ("IN_CARE", in_care, "the client is in care (not ineligible, withdrawn or completed)"),
+)
 dosing_is_safe = validator(
     session_not_yet_started,
-    in_care,
-    not_on_hold,
-    r5_valid_clearance,
-    r6_preparation_done,
-    r7_chaperone_and_abstinence,
-    r8_integration_followed_last_dosing,
-    r9_medication_available,
+    *(check for _, check, _ in DOSING_RULES),
     any_state=(
         session_not_yet_started,
         in_care,
