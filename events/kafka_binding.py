@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from events.registry import Reason, decode_json, storable_text_problem
+from events.registry import CheckedJson, Reason, decode_json, storable_text_problem
 
 Headers = Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None
 
@@ -60,7 +60,6 @@ def from_kafka_record(key: bytes | None, value: bytes | None, headers: Headers) 
         event["data"] = _text(value or b"") if isinstance(data, Reason) else data
         subject = _client_id(event.get("subject"))
         return KafkaInput(event, subject, key_text == subject)
-    body = value or b""
-    decoded = decode_json(body)
+    body, decoded = CheckedJson.of(value or b"")
     subject = _client_id(decoded.get("subject")) if isinstance(decoded, dict) else None
     return KafkaInput(body, subject, subject is None or key_text == subject)

@@ -221,9 +221,23 @@ def decode_json(raw: str | bytes) -> Any:
     return obj
 
 
+class CheckedJson(bytes):
+    """JSON text already checked by `decode_json`, carrying what it decoded to, so a
+    transport that had to read it (the Kafka binding looks for the subject) does not make
+    validation check and decode it a second time. It is the same bytes to everyone else."""
+
+    decoded: Any
+
+    @classmethod
+    def of(cls, text: bytes) -> tuple[CheckedJson, Any]:
+        checked = cls(text)
+        checked.decoded = decode_json(text)
+        return checked, checked.decoded
+
+
 def parse_event(raw: str | bytes) -> CloudEvent | Rejection:
     """Validate one structured-mode CloudEvent given as JSON text."""
-    decoded = decode_json(raw)
+    decoded = raw.decoded if isinstance(raw, CheckedJson) else decode_json(raw)
     if isinstance(decoded, Reason):
         return Rejection((decoded,))
     try:

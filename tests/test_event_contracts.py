@@ -106,3 +106,29 @@ def test_json_schemas_are_exported_for_every_type() -> None:
     assert dosing["additionalProperties"] is False
     data_ref = dosing["properties"]["data"]["$ref"].split("/")[-1]
     assert dosing["$defs"][data_ref]["additionalProperties"] is False
+
+
+def test_a_kafka_record_is_checked_and_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The binding reads the subject from the checked JSON; validation reuses that check."""
+    import events.registry as registry
+    from events.kafka_binding import from_kafka_record
+
+    calls = []
+    real = registry.decode_json
+    monkeypatch.setattr(registry, "decode_json", lambda text: calls.append(1) or real(text))
+    event = {
+        "specversion": "1.0",
+        "id": "e-1",
+        "source": "urn:qmts:scheduling",
+        "type": "scheduling.inquiry_received",
+        "subject": "c-1",
+        "time": "2026-01-05T09:00:00Z",
+        "datacontenttype": "application/json",
+        "data": {"channel": "email"},
+    }
+    record = from_kafka_record(b"c-1", json.dumps(event).encode(), [])
+    parsed = registry.parse_event(record.raw)
+    assert record.subject == "c-1" and getattr(parsed, "id", None) == "e-1"
+    assert len(calls) == 1
+    duplicate = from_kafka_record(b"c-1", b'{"id": 1, "id": 2}', [])
+    assert [r.code for r in registry.parse_event(duplicate.raw).reasons] == ["DUPLICATE_KEY"]
