@@ -26,7 +26,7 @@ from workflow.states.rules import (
     r8_integration_followed_last_dosing,
     r9_medication_available,
 )
-from workflow.tasks import Owner, TaskCode, task_id_for
+from workflow.tasks import Owner, Task, TaskCode
 
 # Seed-derived rules whose outcome depends on facts that may arrive late (clearance,
 # renewal, revocation, lapse, preparation, integration); the others (R7 from the dosing's
@@ -66,24 +66,35 @@ def _note(codes: list[str]) -> str:
 
 def open_deviation_review(fx: Effects, broken: tuple[Reason, ...]) -> None:
     codes = _codes(broken)
-    stat = is_stat(broken, fx.before)
     session = (
         getattr(fx.data, "session_id", None)
         if fx.event.type.startswith("clinician.dosing")
         else None
     )
-    task = fx.open_task(
-        TaskCode.REVIEW_PROTOCOL_DEVIATION,
-        Owner.CLINICIAN,
-        fx.due_in(
-            fx.policy.stat_deviation_review_within if stat else fx.policy.deviation_review_within
-        ),
-        priority="stat" if stat else "urgent",
-        about=session,
-        note=_note(codes),
-    )
+    task = _open_review(fx, codes, is_stat(broken, fx.before), session, _note(codes))
     if fx.event.type == "clinician.dosing_started" and fx.after.timeline:
         _replace_dosing(fx.after, fx.data.session_id, rules=codes, review=task.id)
+
+
+def _open_review(
+    fx: Effects,
+    codes: list[str],
+    stat: bool,
+    about: str | None,
+    note: str,
+    raised_by: tuple[str, str] | None = None,
+) -> Task:
+    """The review a person owes a deviation: stat for R3–R5 and a dosing on hold."""
+    within = fx.policy.stat_deviation_review_within if stat else fx.policy.deviation_review_within
+    return fx.open_task(
+        TaskCode.REVIEW_PROTOCOL_DEVIATION,
+        Owner.CLINICIAN,
+        fx.due_in(within),
+        priority="stat" if stat else "urgent",
+        about=about,
+        note=note,
+        raised_by=raised_by,
+    )
 
 
 def _codes(reasons: tuple[Reason, ...] | list[Reason]) -> list[str]:
@@ -145,14 +156,7 @@ def rejudge_dosings(fx: Effects) -> tuple[dict[str, object], ...]:
 
 
 def _settle_review(fx: Effects, dosing: dict[str, Any], rules: list[str]) -> None:
-    review_id = dosing.get("review") or task_id_for(
-        fx.after.client_id,
-        dosing["source"],
-        dosing["event_id"],
-        TaskCode.REVIEW_PROTOCOL_DEVIATION,
-        dosing["session"],
-    )
-    task = fx.after.open_tasks.get(review_id)
+    task = fx.after.open_tasks.get(dosing.get("review") or "")
     why = f"{fx.event.type} {fx.event.id} at {fx.at}"
     if not rules:
         if task is not None:
@@ -166,35 +170,20 @@ def _settle_review(fx: Effects, dosing: dict[str, Any], rules: list[str]) -> Non
         return
     stat = is_stat(rules, fx.after)
     if task is not None:
-        fx.update_task(
-            task.revised(
-                priority="stat" if stat else task.priority,
-                note=_note(rules),
-                at=fx.at,
-            )
+        revised = task.revised(
+            priority="stat" if stat else task.priority, note=_note(rules), at=fx.at
         )
+        fx.update_task(revised)
     else:
-        fx.open_task(
-            TaskCode.REVIEW_PROTOCOL_DEVIATION,
-            Owner.CLINICIAN,
-            fx.due_in(
-                fx.policy.stat_deviation_review_within
-                if stat
-                else fx.policy.deviation_review_within
-            ),
-            priority="stat" if stat else "urgent",
-            about=dosing["session"],
-            note=_note(rules) + f" (revealed by the late {why})",
+        task = _open_review(
+            fx,
+            rules,
+            stat,
+            dosing["session"],
+            _note(rules) + f" (revealed by the late {why})",
             raised_by=(dosing["source"], dosing["event_id"]),
         )
-        review_id = task_id_for(
-            fx.after.client_id,
-            dosing["source"],
-            dosing["event_id"],
-            TaskCode.REVIEW_PROTOCOL_DEVIATION,
-            dosing["session"],
-        )
-    _replace_dosing(fx.after, dosing["session"], rules=rules, review=review_id)
+    _replace_dosing(fx.after, dosing["session"], rules=rules, review=task.id)
 
 
 def to_timeline(client: ClientSnapshot) -> ClientSnapshot:
