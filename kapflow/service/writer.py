@@ -225,7 +225,11 @@ class SingleWriter:
                     # of this request. It is dead-lettered alone, the rest recorded.
                     results = isolate_failure(self.service, items, error)
                 except Exception as failure:  # noqa: BLE001 - reported to the request
-                    log.error("ingest failed for a request of %d events: %s", len(items), failure)
+                    log.error(
+                        "ingest failed for a request of %d events: %s",
+                        len(items),
+                        type(failure).__name__,  # type only: a message could carry data
+                    )
                     group[0].future.set_exception(failure)
                     return
             else:

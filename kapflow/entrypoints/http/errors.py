@@ -110,7 +110,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, error: StoreError) -> JSONResponse:
-        log.error("database error on %s %s: %s", request.method, _route(request), error)
+        log.error(  # type only: a database message could quote a value
+            "database error on %s %s: %s", request.method, _route(request), type(error).__name__
+        )
         return error_response(
             503, "database_unavailable", "the database is unavailable; retry later"
         )

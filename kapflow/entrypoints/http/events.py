@@ -265,7 +265,7 @@ async def publish_events(
     except WriterClosed:
         raise ApiError(503, "shutting_down", "the service is stopping; retry") from None
     except StoreError as error:
-        log.error("publish failed: %s", error)
+        log.error("publish failed: %s", type(error).__name__)
         raise ApiError(
             503, "database_unavailable", "nothing was recorded; retry (events are idempotent)"
         ) from None
