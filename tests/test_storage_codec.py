@@ -21,11 +21,12 @@ from kapflow.service.audit import verify
 from kapflow.store import open_store
 from kapflow.store.base import StoreError
 from kapflow.store.codec import (
-    DEFLATE_1,
+    DICTIONARY_3,
     ENCRYPTION_KEY_ENV,
     ENCRYPTION_KEY_FILE_ENV,
     PLAIN,
     SEALED,
+    ZSTD_3,
     EncryptionKeyError,
     StorageCipher,
     StorageCodec,
@@ -44,6 +45,10 @@ EVENT = (
 )
 # What a stored value in format 0x01 looks like today: every later release must read it.
 EVENT_IN_FORMAT_1 = bytes.fromhex("01c31e7ac44ef9c01c8c676aa5b6b61600")
+# The same in format 0x03, what kapflow writes since schema version 4.
+EVENT_IN_FORMAT_3 = bytes.fromhex(
+    "0328b52ffd2064bd0000187d7d7d067c00e2694951afcdd37e3d50a0b317ccac0c"
+)
 # Clinical field names as they appear in the stored JSON: never in clear when encrypted.
 CLINICAL_IN_CLEAR = (b'"psychosis"', b'"chaperone_confirmed"', b'"current_medications"')
 
@@ -71,8 +76,8 @@ def test_every_stored_value_reads_back_as_the_exact_text_recorded() -> None:
     for text in (EVENT, "{}", "[]", "", "not json at all", '{"note":"Zoë — 24 h, 🙂"}'):
         for codec in (plain, sealed):
             assert codec.decode(codec.encode(text)) == text
-    assert plain.encode(EVENT)[0] == DEFLATE_1
-    assert plain.encode("{}")[0] == PLAIN  # deflate would not make it smaller
+    assert plain.encode(EVENT)[0] == ZSTD_3
+    assert plain.encode("{}")[0] == PLAIN  # zstd would not make it smaller
     assert sealed.encode(EVENT)[0] == SEALED
 
 
@@ -90,11 +95,32 @@ def test_rows_written_before_the_codec_read_as_they_are() -> None:
     assert codec.decode(b"\x00" + EVENT.encode()) == EVENT  # a PostgreSQL row migrated
 
 
-def test_the_frozen_dictionary_and_format_1_never_change() -> None:
+def test_the_frozen_dictionaries_and_their_formats_never_change() -> None:
     assert hashlib.sha256(DICTIONARY_1).hexdigest() == (
         "0601d9a8aade78385abe6d2f58bfd995e90e1447789e6ac0717ad22962aeab82"
     )
+    assert hashlib.sha256(DICTIONARY_3).hexdigest() == (
+        "4e22844e1b076d24829ab697bda3f2a60972966928628d31be4944752e4bbba0"
+    )
     assert StorageCodec().decode(EVENT_IN_FORMAT_1) == EVENT
+    assert StorageCodec().decode(EVENT_IN_FORMAT_3) == EVENT
+    assert StorageCodec().encode(EVENT) == EVENT_IN_FORMAT_3  # zstd is deterministic
+
+
+def test_values_of_both_compressed_formats_read_back_in_one_store(tmp_path: Path) -> None:
+    """A store migrated from schema 3 holds 0x01 values beside the new 0x03 ones."""
+    db = tmp_path / "mixed.db"
+    store = open_store(f"sqlite:///{db}")
+    store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO tasks (task_id, client_id, status, owner, due, task) VALUES"
+            " ('t-1', 'c-1', 'requested', 'clinician', '2026-01-01', ?),"
+            " ('t-3', 'c-1', 'requested', 'clinician', '2026-01-01', ?)",
+            (EVENT_IN_FORMAT_1, EVENT_IN_FORMAT_3),
+        )
+        values = [StorageCodec().decode(row[0]) for row in conn.execute("SELECT task FROM tasks")]
+    assert values == [EVENT, EVENT]
 
 
 def test_hashes_are_stored_as_their_32_bytes_and_read_back_as_hex() -> None:
@@ -105,9 +131,12 @@ def test_hashes_are_stored_as_their_32_bytes_and_read_back_as_hex() -> None:
     assert unpack_hash(pack_hash("not-a-hash")) == "not-a-hash"
 
 
-def test_a_damaged_compressed_value_is_reported_not_misread() -> None:
+@pytest.mark.parametrize("stored", [EVENT_IN_FORMAT_1, EVENT_IN_FORMAT_3])
+def test_a_damaged_compressed_value_is_reported_not_misread(stored: bytes) -> None:
     with pytest.raises(StoreError, match="damaged"):
-        StorageCodec().decode(EVENT_IN_FORMAT_1[:1] + b"\xff" * 8)
+        StorageCodec().decode(stored[:1] + b"\xff" * 8)
+    with pytest.raises(StoreError, match="damaged|truncated"):
+        StorageCodec().decode(stored[:-3])
 
 
 def test_an_altered_encrypted_value_is_refused_not_misread() -> None:

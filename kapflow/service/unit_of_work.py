@@ -47,6 +47,7 @@ class UnitOfWork:
         self.clients: dict[str, ClientSnapshot] = {}
         self._known: dict[tuple[str, str], str] = {}
         self._prefetched_keys: set[tuple[str, str]] = set()
+        self._read_clients: set[str] = set()  # read already: absent ones are new clients
         self._parked: dict[str, list[ParkedEvent]] = {}
 
     # Reads ---------------------------------------------------------------------------------
@@ -56,13 +57,16 @@ class UnitOfWork:
         Clients first: on PostgreSQL that takes the batch's client locks, so the receipts
         read next cannot be raced by another worker recording the same events.
         """
-        self.clients = self.tx.clients([event.subject for event in events])
+        subjects = [event.subject for event in events]
+        self.clients = self.tx.clients(subjects)
+        self._read_clients = set(subjects)
         self._prefetched_keys = {event.key for event in events}
         self._known = self.tx.receipts(list(self._prefetched_keys))
 
     def load_clients(self, client_ids: list[str]) -> None:
         """Read (and on PostgreSQL, lock) these clients in one query."""
         self.clients = self.tx.clients(client_ids)
+        self._read_clients = set(client_ids)
 
     def seen(self, source: str, event_id: str) -> str | None:
         """The outcome already recorded for (`source`, `id`), in this unit or before it."""
@@ -78,7 +82,9 @@ class UnitOfWork:
         """The client as this unit last left it (a new client if never heard of)."""
         snapshot = self.clients.get(client_id)
         if snapshot is None:
-            snapshot = self.tx.clients([client_id]).get(client_id) or ClientSnapshot(client_id)
+            if client_id not in self._read_clients:
+                snapshot = self.tx.clients([client_id]).get(client_id)
+            snapshot = snapshot or ClientSnapshot(client_id)
             self.clients[client_id] = snapshot
         return snapshot
 

@@ -551,6 +551,7 @@ class PostgresStore(SqlReads):
             ]
             if alterations:
                 conn.execute(f"ALTER TABLE {table} {', '.join(alterations)}")
+        # Version 3 → 4 rewrites nothing: format 0x01 values stay readable beside 0x03.
         conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         self.migrated_from = found
 

@@ -26,8 +26,12 @@ from workflow.tasks import OPEN_STATUSES, Task
 # Version 2 (issue 10): clients.next_due and the indexes every hot-path read needs.
 # Version 3 (issues 9 and 10): the bulky JSON columns hold codec values (compressed, and
 # encrypted when a key is set; store/codec.py) and the history hashes their 32 bytes.
+# Version 4 (issue 10): new values are written in format 0x03 (zstd with a frozen
+# dictionary). Nothing is rewritten: 0x01 values stay readable. The version is raised so
+# that a release which cannot read 0x03 refuses the store ("newer than this kapflow")
+# instead of failing on its first new value.
 # A store of an earlier version is migrated in place when it is opened.
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 # The columns stored through the codec, by table, with the key that walks the table.
 ENCODED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -375,7 +375,8 @@ class SQLiteStore(SqlReads):
         if int(found) < 2:
             self._migrate_to_2(conn)
         # Version 2 → 3 needs no rewrite: a column of SQLite holds the codec's bytes beside
-        # the TEXT of the rows before, and the codec reads both (store/codec.py).
+        # the TEXT of the rows before, and the codec reads both (store/codec.py). Nor does
+        # 3 → 4: format 0x01 values stay readable beside the new 0x03 ones.
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         self.migrated_from = found
 
