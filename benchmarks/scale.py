@@ -1,7 +1,7 @@
 """Does the cost of an event or a tick grow with the store? A big store against a fresh one.
 
     .venv/bin/python benchmarks/scale.py [--big-events 1000000] [--new-events 50000] [--runs 3]
-                                         [--same-dates]
+                                         [--same-dates] [--big-store PATH]
 
 1. Builds the big store once: `kapflow ingest` of a cohort of --big-events, then one
    `kapflow tick` far past the cohort, so every deadline of its clients has fired once
@@ -17,6 +17,9 @@ The new clients arrive after the big store's (their cohort starts two years late
 they would at a clinic: their tasks fall due after the old ones. `--same-dates` gives them
 the big cohort's dates instead (every new due time lands among the old ones: the harsher,
 less realistic case for the indexes on due times).
+
+`--big-store PATH` keeps the big store (and its build figures) at PATH, and a later run
+given the same PATH starts from it instead of building it again (it is only ever copied).
 
 Targets (issue 10): big-store ingest rate >= 0.9 x fresh; big-store tick <= 2 x fresh.
 """
@@ -97,27 +100,10 @@ def checkpoint(db: Path) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--big-events", type=int, default=1_000_000)
-    parser.add_argument("--new-events", type=int, default=50_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--same-dates", action="store_true", help="new clients in 2026 too")
-    args = parser.parse_args()
-    tick_at = TICK_AT[args.same_dates]
-
-    work = Path(tempfile.mkdtemp(prefix="kapflow-scale-"))
+def build_big_store(work: Path, big: Path, events: int) -> dict[str, float]:
+    """`kapflow ingest` of a cohort of about `events`, then one tick far past it."""
     big_file = work / "big.jsonl"
-    big_count = write_cohort(big_file, args.big_events)
-    generated = work / "generated.jsonl"
-    start = datetime(2026, 1, 5, 9, tzinfo=UTC) if args.same_dates else NEW_CLIENTS_START
-    cohort = generate_cohort(clients=cohort_size_for(args.new_events), seed=12, start=start)
-    write_jsonl(cohort, generated)
-    new_file = work / "new-clients.jsonl"
-    new_count = new_clients(generated, new_file)
-    generated.unlink()
-
-    big = work / "big.db"
+    big_count = write_cohort(big_file, events)
     build_s, _ = timed_run([KAPFLOW, "ingest", str(big_file), "--db", f"sqlite:///{big}"])
     start = time.perf_counter()
     subprocess.run(
@@ -128,10 +114,41 @@ def main() -> None:
     settle_s = time.perf_counter() - start
     checkpoint(big)
     big_file.unlink()
+    return {"events": big_count, "build_s": build_s, "settle_s": settle_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--big-events", type=int, default=1_000_000)
+    parser.add_argument("--new-events", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--same-dates", action="store_true", help="new clients in 2026 too")
+    parser.add_argument("--big-store", type=Path, help="build the big store here once; reuse it")
+    args = parser.parse_args()
+    tick_at = TICK_AT[args.same_dates]
+
+    work = Path(tempfile.mkdtemp(prefix="kapflow-scale-"))
+    generated = work / "generated.jsonl"
+    start = datetime(2026, 1, 5, 9, tzinfo=UTC) if args.same_dates else NEW_CLIENTS_START
+    cohort = generate_cohort(clients=cohort_size_for(args.new_events), seed=12, start=start)
+    write_jsonl(cohort, generated)
+    new_file = work / "new-clients.jsonl"
+    new_count = new_clients(generated, new_file)
+    generated.unlink()
+
+    big = args.big_store or work / "big.db"
+    built = big.with_name(big.name + ".built.json")
+    if args.big_store is None or not built.exists():
+        build = build_big_store(work, big, args.big_events)
+        built.write_text(json.dumps(build))
+    else:
+        build = json.loads(built.read_text())
+        print(f"big store: reusing {big}")
+    big_count, build_s = build["events"], build["build_s"]
     print(
         f"big store: {big_count} events in {build_s:.1f} s ({big_count / build_s:,.0f}/s),"
         f" {big.stat().st_size / 1e6:.0f} MB ({big.stat().st_size / big_count:,.0f} B/event"
-        f" before VACUUM); first tick to {FAR_PAST_THE_COHORT}: {settle_s:.1f} s"
+        f" before VACUUM); first tick to {FAR_PAST_THE_COHORT}: {build['settle_s']:.1f} s"
     )
     print(f"new clients: {new_count} events ({work})")
 

@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, get_args
 
+import orjson
+
 from events.operations import TaskOwner
 from kapflow.store import DEFAULT_DB_URL, EventStore, StoreError
 from workflow.client import ClientSnapshot
@@ -98,11 +100,11 @@ def _event_lines(stream: BinaryIO) -> Iterator[bytes]:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     runtime = _runtime(args, batch_size=args.batch_size)
-    out = sys.stdout
-    dumps = json.dumps
+    write = sys.stdout.write
+    dumps = orjson.dumps  # compact JSON, UTF-8 as is: one line per event
     for result in runtime.service.ingest_stream(_read_lines(args.file)):
-        out.write(dumps(result.as_dict(), ensure_ascii=False) + "\n")
-    out.flush()
+        write(dumps(result.as_dict()).decode() + "\n")
+    sys.stdout.flush()
     runtime.close()
     return 0
 
