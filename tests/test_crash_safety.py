@@ -81,7 +81,7 @@ def test_sigkilled_ingest_then_reingest_equals_an_uninterrupted_run(tmp_path: Pa
     assert 0 < interrupted_at < total, "the kill must land mid-stream"
 
     second = kapflow("ingest", str(events), "--batch-size", "100", db=f"sqlite:///{crashed}")
-    outcomes = [line.split('"outcome": "')[1].split('"')[0] for line in second.stdout.splitlines()]
+    outcomes = [json.loads(line)["outcome"] for line in second.stdout.splitlines()]
     assert outcomes.count("duplicate") >= interrupted_at  # the committed part is recognised
 
     assert snapshot_of(crashed) == snapshot_of(reference)

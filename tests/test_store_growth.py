@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +25,7 @@ from kapflow.demo.cohort import generate_cohort
 from kapflow.entrypoints.cli import main as kapflow
 from kapflow.service.audit import verify
 from kapflow.service.clock import deadlines, tick
+from kapflow.service.ingest import IngestService
 from kapflow.service.outbox import PruneSchedule
 from kapflow.store import open_store
 from kapflow.store.base import EventStore
@@ -349,3 +352,25 @@ def test_serve_and_the_relay_prune_at_most_once_per_interval(sqlite_url: str) ->
     assert schedule.run_if_due(store, FIXED_NOW) == 0  # within the hour: not again yet
     assert [p for p, _, _ in store.outbox_after(0, 1000)] == positions[2:]
     store.close()
+
+
+def test_the_wal_is_checkpointed_in_the_background_not_inside_a_commit(tmp_path: Path) -> None:
+    """A commit appends to the WAL; a thread of the store moves the pages into the database
+    file soon after (SQLite's own checkpoint, inside a commit, is only a far backstop)."""
+    db = tmp_path / "kapflow.db"
+    store = open_store(f"sqlite:///{db}")
+    assert isinstance(store, SQLiteStore)
+    with store._conn() as conn:  # noqa: SLF001 - the writer connection's own setting
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] >= 65536
+    empty = db.stat().st_size
+    clinic_events = list(generate_cohort(clients=30, seed=3))
+    service = IngestService(store)
+    results = list(service.ingest_stream(clinic_events))
+    assert len(results) == len(clinic_events)
+    deadline = time.monotonic() + 10
+    while db.stat().st_size == empty and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db.stat().st_size > empty  # pages reached the file while the store is open
+    store.close()
+    assert not [t for t in threading.enumerate() if t.name == "kapflow-wal-checkpoint"]
+    assert verify(open_store(f"sqlite:///{db}")).ok

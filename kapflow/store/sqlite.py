@@ -23,6 +23,7 @@ from kapflow.store.base import (
     StoreError,
     UnstorableData,
 )
+from kapflow.store.checkpointer import BACKSTOP_PAGES, WalCheckpointer
 from kapflow.store.codec import KEY_CHECK_META, StorageCipher, StorageCodec
 from kapflow.store.database import sqlite_path
 from kapflow.store.due import CLOCK_MARK, ReceiptKey, fire_times, next_dues, recorded_until
@@ -326,6 +327,8 @@ class SQLiteStore(SqlReads):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        # Checkpoints off the commit path (store/checkpointer.py).
+        self._checkpointer = WalCheckpointer(path) if path != ":memory:" else None
         conn = self._conn()
         with self._lock:
             self._open_schema(conn)
@@ -429,9 +432,9 @@ class SQLiteStore(SqlReads):
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
-                # Checkpoint the WAL every ~32 MiB rather than every 4 MiB: a batch
-                # commit then rarely pays for a checkpoint's write and fsync.
-                conn.execute("PRAGMA wal_autocheckpoint=8000")
+                # The WAL is checkpointed on a thread of its own after commits; SQLite's
+                # own checkpoint inside a commit is only the backstop.
+                conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
                 conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache
                 conn.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error as error:
@@ -464,6 +467,8 @@ class SQLiteStore(SqlReads):
         except sqlite3.Error as error:
             conn.execute("ROLLBACK")
             raise StoreError(f"commit failed: {error}") from error
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -585,6 +590,8 @@ class SQLiteStore(SqlReads):
             )
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._lock:
             for conn in self._connections:
                 conn.close()
