@@ -46,6 +46,7 @@ def test_replay_known_at_shows_what_kapflow_had_recorded(sqlite_url: str) -> Non
     assert replay(history, "c-1", known_at=datetime(2026, 3, 2, tzinfo=UTC)).client.state == (
         "cleared"
     )
+    store.close()
 
 
 def test_verify_passes_on_an_untouched_store(clinic: Clinic) -> None:

@@ -404,11 +404,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from kapflow.service.audit import verify, verify_access_log
+    from kapflow.service.verification import default_jobs
 
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise CommandError("--jobs is a number of processes: 1 or more")
     runtime = _runtime(args, access_log=True)
     assert runtime.access_log is not None, "asked for"
-    report = verify(runtime.store)
     access = verify_access_log(runtime.access_log, args.access_log_head)
+    runtime.access_log.close()  # not carried into the worker processes verify forks
+    report = verify(runtime.store, jobs=jobs)
     report.divergences.extend(access.divergences)
     if args.json:
         _print_json(report.as_dict() | {"access_log": access.as_dict()})
@@ -790,6 +795,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log-head",
         type=_access_log_head,
         help="POSITION:HASH printed by an earlier verify: the access log must still hold it",
+    )
+    sub.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes that share the clients (default: one per CPU; 1 verifies in this"
+        " process alone)",
     )
     add("migrate", cmd_migrate, "upgrade the store's schema in place (opening it does too)")
     sub = add(

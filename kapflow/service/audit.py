@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
@@ -143,15 +143,19 @@ class VerifyReport:
 def _verify_client(
     client_id: str,
     entries: list[HistoryEntry],
-    stored: ClientSnapshot | None,
+    stored: dict[str, Any] | None,
     policy: CarePolicy,
-    report: VerifyReport,
-) -> None:
+    found: Callable[[Divergence], None],
+) -> int:
+    """Check one client's chain, replay its history and compare the result with `stored`
+    (its snapshot's record, `_NOT_REPLAYED` left out); report each divergence through
+    `found`. Returns how many entries were checked (a replay that cannot go on stops at
+    the entry that stopped it)."""
     client = ClientSnapshot(client_id)
     previous_hash = GENESIS_HASH
-    found = report.divergences.append
+    checked = 0
     for expected_seq, entry in enumerate(entries, start=1):
-        report.entries += 1
+        checked += 1
         if entry.seq != expected_seq:
             found(Divergence(client_id, entry.seq, "gap", f"expected seq {expected_seq}"))
         if entry.prev_hash != previous_hash:
@@ -171,12 +175,12 @@ def _verify_client(
                     f"({PATHWAY_VERSION})",
                 )
             )
-            return
+            return checked
         try:
             event = _event_of(entry)
         except ValueError as error:
             found(Divergence(client_id, entry.seq, "unreadable", str(error)))
-            return
+            return checked
         outcome: Outcome = apply(client, event, policy, release, expired=_expired(entry))
         if not outcome.recorded:
             codes = ",".join(r.code for r in outcome.reasons)
@@ -185,7 +189,7 @@ def _verify_client(
                     client_id, entry.seq, "outcome", f"replay gives {outcome.outcome} ({codes})"
                 )
             )
-            return
+            return checked
         if outcome.to_state != entry.to_state or outcome.from_state != entry.from_state:
             found(
                 Divergence(
@@ -203,45 +207,129 @@ def _verify_client(
     if stored is None:
         if entries:
             found(Divergence(client_id, None, "snapshot", "history without a client snapshot"))
-        return
-    replayed = client.to_record()
-    current = stored.to_record()
-    for name in _NOT_REPLAYED:
-        replayed.pop(name, None)
-        current.pop(name, None)
-    if replayed != current:
-        differing = sorted(k for k in current if current.get(k) != replayed.get(k))
+        return checked
+    replayed = _replayed_part(client)
+    if replayed != stored:
+        differing = sorted(k for k in stored if stored.get(k) != replayed.get(k))
         found(Divergence(client_id, None, "snapshot", "snapshot differs in " + ",".join(differing)))
+    return checked
 
 
-def verify(store: EventStore, policy: CarePolicy = DEFAULT_POLICY) -> VerifyReport:
-    """Re-run every history through the engine; check every chain and snapshot."""
+def _replayed_part(client: ClientSnapshot) -> dict[str, Any]:
+    """A snapshot's record without the fields a replay of history alone does not rebuild."""
+    record = client.to_record()
+    for name in _NOT_REPLAYED:
+        record.pop(name, None)
+    return record
+
+
+# Where a divergence stands in the report: (0, n) for a client with history, (1, n) for
+# a client id whose snapshot has no history; n is the client's position in the store's
+# order, among the clients with history or among all client ids (the same order).
+Place = tuple[int, int]
+
+
+@dataclass(slots=True)
+class Findings:
+    """What verifying some of the clients found, each divergence with its place."""
+
+    clients: int = 0  # clients with history
+    entries: int = 0  # history entries checked
+    history_rows: int = 0  # history entries read
+    found: list[tuple[Place, Divergence]] = field(default_factory=list)
+
+    def check_history(
+        self,
+        place: int,
+        client_id: str,
+        entries: list[HistoryEntry],
+        snapshot: ClientSnapshot | None,
+        policy: CarePolicy,
+    ) -> None:
+        """Verify one client's history (never empty) against its snapshot."""
+        stored = _replayed_part(snapshot) if snapshot is not None else None
+        found: list[Divergence] = []
+        self.clients += 1
+        self.history_rows += len(entries)
+        self.entries += _verify_client(client_id, entries, stored, policy, found.append)
+        self.found.extend(((0, place), divergence) for divergence in found)
+
+    def check_no_history(self, place: int, client_id: str, snapshot: ClientSnapshot | None) -> None:
+        """A client id without history: its snapshot must not have moved past seq 0."""
+        if snapshot is not None and snapshot.seq > 0:
+            divergence = Divergence(client_id, None, "gap", "client has a snapshot but no history")
+            self.found.append(((1, place), divergence))
+
+
+def report_of(findings: Iterable[Findings]) -> VerifyReport:
+    """One report, divergences in the order verifying client after client finds them."""
     report = VerifyReport()
+    placed: list[tuple[Place, Divergence]] = []
+    for part in findings:
+        report.clients += part.clients
+        report.entries += part.entries
+        placed.extend(part.found)
+    placed.sort(key=lambda item: item[0])  # stable: keeps one client's divergences in order
+    report.divergences = [divergence for _, divergence in placed]
+    return report
+
+
+def verify_by_scan(store: EventStore, policy: CarePolicy = DEFAULT_POLICY) -> VerifyReport:
+    """`verify` in this process: the whole history read once, in the store's order, each
+    client replayed as soon as its entries are read; then the client ids without history."""
+    findings = Findings()
     seen: set[str] = set()
     current_id: str | None = None
     current: list[HistoryEntry] = []
 
-    def finish(client_id: str, entries: list[HistoryEntry]) -> None:
-        report.clients += 1
-        seen.add(client_id)
-        _verify_client(client_id, entries, store.get_client(client_id), policy, report)
+    def finish() -> None:
+        assert current_id is not None
+        seen.add(current_id)
+        place = findings.clients
+        snapshot = store.get_client(current_id)
+        findings.check_history(place, current_id, current, snapshot, policy)
 
     for entry in store.iter_history():
         if entry.client_id != current_id:
             if current_id is not None:
-                finish(current_id, current)
+                finish()
             current_id, current = entry.client_id, []
         current.append(entry)
     if current_id is not None:
-        finish(current_id, current)
-    for client_id in store.client_ids():
+        finish()
+    for place, client_id in enumerate(store.client_ids()):
         if client_id not in seen:
-            stored = store.get_client(client_id)
-            if stored is not None and stored.seq > 0:
-                report.divergences.append(
-                    Divergence(client_id, None, "gap", "client has a snapshot but no history")
-                )
-    return report
+            findings.check_no_history(place, client_id, store.get_client(client_id))
+    return report_of([findings])
+
+
+def verify_clients(
+    store: EventStore, clients: list[tuple[int, str]], policy: CarePolicy, findings: Findings
+) -> None:
+    """Verify the clients named (each with its position among the client ids), each read
+    on its own: its history, then its snapshot. What a process sharing `verify` runs."""
+    for place, client_id in clients:
+        entries = store.history(client_id)
+        snapshot = store.get_client(client_id)
+        if entries:
+            findings.check_history(place, client_id, entries, snapshot, policy)
+        else:
+            findings.check_no_history(place, client_id, snapshot)
+
+
+def verify(
+    store: EventStore, policy: CarePolicy = DEFAULT_POLICY, *, jobs: int = 1
+) -> VerifyReport:
+    """Re-run every history through the engine; check every chain and snapshot.
+
+    `jobs` > 1 shares the clients between this process and `jobs - 1` workers
+    (service/verification.py); the report is the same.
+    """
+    if jobs > 1:
+        from kapflow.service.verification import verify_in_processes
+
+        return verify_in_processes(store, policy, jobs)
+    return verify_by_scan(store, policy)
 
 
 EXPORT_COLUMNS = (
