@@ -34,14 +34,15 @@ def record_outcome(uow: UnitOfWork, event: CloudEvent, outcome: Outcome, raw: Ra
         record_parked(uow, event, outcome.reasons)
     else:
         record_rejected(uow, event, outcome.reasons, original_text(raw))
-    log.info(
-        "event %s client=%s type=%s outcome=%s reasons=%s",
-        event.id,
-        event.subject,
-        event.type,
-        outcome.outcome,
-        ",".join(r.code for r in outcome.reasons) or "-",
-    )
+    if log.isEnabledFor(logging.INFO):  # the reasons are joined only for a log that is kept
+        log.info(
+            "event %s client=%s type=%s outcome=%s reasons=%s",
+            event.id,
+            event.subject,
+            event.type,
+            outcome.outcome,
+            ",".join(r.code for r in outcome.reasons) or "-",
+        )
 
 
 def record_history(uow: UnitOfWork, event: CloudEvent, outcome: Outcome) -> None:
