@@ -9,6 +9,11 @@ file per run, and prints events/s for both (median of --runs) and their ratio. W
 by client as Kafka partitions them (per-client order kept), which is the shape PostgreSQL
 is for. Store opening and schema creation are outside the timings; commits are inside.
 
+Then `kapflow verify` over each store just written (a real subprocess, default `--jobs`,
+process start included), as a multiple of that store's ingest rate: the target is 3x on
+both. The ingest here runs in this process (no process start), so the multiple is a
+little below the one benchmarks/core.py reports for SQLite.
+
 Needs a PostgreSQL server where --admin-url can create and drop databases.
 """
 
@@ -19,6 +24,8 @@ import functools
 import json
 import multiprocessing
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +39,8 @@ import psycopg
 from kapflow.demo.cohort import cohort_size_for, generate_cohort
 from kapflow.service.ingest import IngestService
 from kapflow.store import open_store
+
+KAPFLOW = str(Path(sys.executable).parent / "kapflow")
 
 
 def cohort_lines(events_wanted: int) -> list[str]:
@@ -53,6 +62,16 @@ def ingest(url: str, lines: list[str], batch_size: int) -> tuple[float, dict[str
         return elapsed, store.stats()
     finally:
         store.close()
+
+
+def verify(url: str) -> float:
+    """Wall seconds of `kapflow verify` over the store at `url` (which must verify OK)."""
+    start = time.perf_counter()
+    result = subprocess.run([KAPFLOW, "verify", "--db", url], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"kapflow verify failed on {url}: {result.stdout[-500:]}")
+    return elapsed
 
 
 def _worker(
@@ -116,6 +135,12 @@ class Databases:
         self.admin.close()
 
 
+def verify_order(run: int, pg_url: str, sqlite_url: str) -> list[tuple[str, str]]:
+    """Which store is verified first alternates between runs, as the ingests do."""
+    order = [("postgres", pg_url), ("sqlite", sqlite_url)]
+    return order[::-1] if run % 2 else order
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=50_000)
@@ -133,6 +158,8 @@ def main() -> None:
     pg_rates: list[float] = []
     sqlite_rates: list[float] = []
     parallel_rates: list[float] = []
+    pg_verify_ratios: list[float] = []
+    sqlite_verify_ratios: list[float] = []
     try:
         for run in range(args.runs):
             pg_url = databases.fresh()
@@ -152,9 +179,16 @@ def main() -> None:
                 raise SystemExit(f"stores disagree: postgres {pg_stats} vs sqlite {sqlite_stats}")
             pg_rates.append(count / pg_s)
             sqlite_rates.append(count / sqlite_s)
+            verified = {name: verify(url) for name, url in verify_order(run, pg_url, sqlite_url)}
+            pg_verify_ratios.append(pg_s / verified["postgres"])
+            sqlite_verify_ratios.append(sqlite_s / verified["sqlite"])
             line = (
                 f"run {run + 1}: postgres {count / pg_s:,.0f} events/s,"
-                f" sqlite {count / sqlite_s:,.0f} events/s"
+                f" sqlite {count / sqlite_s:,.0f} events/s;"
+                f" verify postgres {count / verified['postgres']:,.0f}/s"
+                f" ({pg_verify_ratios[-1]:.2f}x ingest),"
+                f" sqlite {count / verified['sqlite']:,.0f}/s"
+                f" ({sqlite_verify_ratios[-1]:.2f}x ingest)"
             )
             if args.workers > 1:
                 parallel_s = ingest_parallel(
@@ -174,6 +208,8 @@ def main() -> None:
         "postgres_events_per_s": round(med(pg_rates)),
         "sqlite_events_per_s": round(med(sqlite_rates)),
         "postgres_over_sqlite": round(med(pg_rates) / med(sqlite_rates), 2),
+        "postgres_verify_vs_ingest": round(med(pg_verify_ratios), 2),
+        "sqlite_verify_vs_ingest": round(med(sqlite_verify_ratios), 2),
     }
     if parallel_rates:
         summary[f"postgres_{args.workers}_workers_events_per_s"] = round(med(parallel_rates))
@@ -183,7 +219,9 @@ def main() -> None:
     print(
         f"median of {args.runs}: postgres {summary['postgres_events_per_s']:,} events/s,"
         f" sqlite {summary['sqlite_events_per_s']:,} events/s,"
-        f" ratio postgres/sqlite {summary['postgres_over_sqlite']}"
+        f" ratio postgres/sqlite {summary['postgres_over_sqlite']};"
+        f" verify vs ingest: postgres {summary['postgres_verify_vs_ingest']}x,"
+        f" sqlite {summary['sqlite_verify_vs_ingest']}x"
     )
     print(json.dumps(summary))
 

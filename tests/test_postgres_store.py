@@ -31,7 +31,7 @@ from postgres_fixtures import admin_connection
 from kapflow.demo.cohort import generate_cohort, write_jsonl
 from kapflow.service.audit import replay, verify
 from kapflow.service.ingest import IngestResult, IngestService
-from kapflow.store import open_store
+from kapflow.store import open_store, postgres
 from kapflow.store.base import EventStore, StoreError, entry_hash
 from kapflow.store.codec import StorageCodec
 from kapflow.store.postgres import PostgresStore
@@ -327,6 +327,34 @@ def test_connections_dropped_between_batches_are_replaced_without_an_error(
     assert drop_connections(postgres_url) >= 1
     assert postgres_store.get_client("c-1").state == "cleared"  # type: ignore[union-attr]
     assert verify(postgres_store).ok
+
+
+def test_verify_reads_a_batch_of_clients_on_a_fresh_connection_after_a_drop(
+    postgres_url: str, postgres_store: EventStore
+) -> None:
+    clinic = Clinic(postgres_store)
+    first, second = Journey("c-1"), Journey("c-2")
+    clinic.send(*first.to_assessed(), second.inquiry())
+    expected = [(postgres_store.history(c), postgres_store.get_client(c)) for c in ("c-1", "c-2")]
+    assert drop_connections(postgres_url) >= 1
+    read = postgres_store.client_histories(["c-1", "c-2"])
+    assert [(client.entries, client.snapshot) for client in read] == expected
+
+
+def test_a_failed_batch_read_leaves_no_transaction_open_on_its_connection(
+    postgres_store: EventStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    Clinic(postgres_store).send(Journey().inquiry())
+    # The second statement of the read fails, inside its read transaction.
+    missing = "SELECT client_id, snapshot FROM no_such_table WHERE client_id = ANY(%b::text[])"
+    monkeypatch.setattr(postgres, "_SNAPSHOTS_OF_CLIENTS", missing)
+    with caplog.at_level("WARNING"), pytest.raises(StoreError, match="42P01"):
+        postgres_store.client_histories(["c-1"])
+    monkeypatch.undo()
+    [read] = postgres_store.client_histories(["c-1"])
+    assert read.entries == postgres_store.history("c-1") and read.snapshot is not None
+    # Rolled back by the store, not found open by the pool when it was returned.
+    assert not [r for r in caplog.records if "rolling back" in r.getMessage()]
 
 
 def test_a_connection_dropped_inside_a_batch_is_a_store_error_and_records_nothing(

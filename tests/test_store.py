@@ -200,3 +200,25 @@ def test_one_bad_event_never_stops_a_batch(store_clinic: Clinic) -> None:
     j = Journey()
     results = store_clinic.send(j.inquiry(), "not json", {"type": 5}, j.booking("assessment", "a"))
     assert [r.outcome for r in results] == ["accepted", "rejected", "rejected", "accepted"]
+
+
+def test_several_clients_are_read_together_each_history_in_order_with_its_snapshot(
+    store_clinic: Clinic,
+) -> None:
+    first, second = Journey("c-1"), Journey("c-2")
+    store_clinic.send(first.inquiry(), second.inquiry())  # their entries interleave
+    store_clinic.send(*second.to_prepared()[1:], first.booking("assessment", "a-1"))
+    store = store_clinic.store
+    asked = ["c-2", "nobody", "c-1", "c-2"]
+    read = store.client_histories(asked)
+    assert [client.client_id for client in read] == asked
+    for client in read:
+        assert client.entries == store.history(client.client_id)
+        assert client.snapshot == store.get_client(client.client_id)
+    assert [e.seq for e in read[0].entries] == list(range(1, len(read[0].entries) + 1))
+    assert len(read[0].entries) > len(read[2].entries) == 2
+    assert (read[1].entries, read[1].snapshot) == ([], None)
+    # More ids than one statement's list holds on SQLite: read in chunks, order kept.
+    many = store.client_histories([f"absent-{n:04d}" for n in range(1200)] + ["c-1"])
+    assert len(many) == 1201 and many[-1].entries == read[2].entries
+    assert store.client_histories([]) == []

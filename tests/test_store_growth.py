@@ -23,7 +23,7 @@ from conftest import FIXED_NOW, Clinic
 
 from kapflow.demo.cohort import generate_cohort
 from kapflow.entrypoints.cli import main as kapflow
-from kapflow.service.audit import verify
+from kapflow.service.audit import Findings, verify, verify_clients
 from kapflow.service.clock import deadlines, tick
 from kapflow.service.ingest import IngestService
 from kapflow.service.outbox import PruneSchedule
@@ -158,6 +158,27 @@ def test_the_receipts_lookup_searches_the_key_source_and_event_id(sqlite_url: st
         assert statements.plan(lookup) == [
             "SEARCH receipts USING PRIMARY KEY (source=? AND event_id=?)"
         ]
+    store.close()
+
+
+def test_verify_reads_a_batch_of_clients_in_two_statements_through_their_keys(
+    sqlite_url: str,
+) -> None:
+    store = SQLiteStore(sqlite_url)
+    Clinic(store).send(list(generate_cohort(clients=40, seed=3)))
+    batch = list(enumerate(store.client_ids()))[:25]
+    statements = StatementLog(store)
+    findings = Findings()
+    verify_clients(store, batch, DEFAULT_POLICY, findings)
+    selects = [s for s in statements.statements if s.lstrip().upper().startswith("SELECT")]
+    reads = statements.reads_and_updates()
+    assert len(selects) == len(reads) == 2  # the batch's histories, then its snapshots
+    for statement in reads:
+        plan = statements.plan(statement)
+        assert scans_of_growing_tables(plan) == [], statement
+        assert not [step for step in plan if "TEMP B-TREE" in step], statement  # seq order
+    assert (findings.clients, findings.found) == (25, [])
+    assert findings.history_rows == sum(len(store.history(c)) for _, c in batch)
     store.close()
 
 

@@ -3,9 +3,10 @@
 This process walks the client ids in the store's order and hands them out in batches:
 to a worker process when one has room, else it verifies the batch itself, so the work
 goes to whichever process keeps up. Each process opens the store by its URL and reads
-its clients itself (service/audit.py `verify_clients`): nothing bulky crosses between
-processes, and the store is read once in all. Every divergence keeps its client's place,
-so the merged report is the one `verify_by_scan` gives in one process.
+its clients itself, a batch's histories and snapshots in one go (service/audit.py
+`verify_clients`): nothing bulky crosses between processes, and the store is read once
+in all. Every divergence keeps its client's place, so the merged report is the one
+`verify_by_scan` gives in one process.
 
 Reading client by client cannot meet history whose client has no snapshot row (no client
 id leads to it). So the rows read are counted: if they fall short of the history's rows,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -109,6 +109,17 @@ def entry_hash(entry: HistoryEntry) -> str:
         entry.event,
         entry.outcome,
     )
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class ClientHistory:
+    """A client's history in seq order with its snapshot, read together (`snapshot` is
+    None when the store has no client row for the id; `entries` is empty when it has no
+    history)."""
+
+    client_id: str
+    entries: list[HistoryEntry]
+    snapshot: ClientSnapshot | None
 
 
 @dataclass(slots=True)  # a value: never mutated after construction
@@ -228,6 +239,11 @@ class EventStore(Protocol):
     def history(self, client_id: str) -> list[HistoryEntry]: ...
 
     def iter_history(self) -> Iterator[HistoryEntry]: ...
+
+    # Several clients' histories and snapshots, one per id asked and in that order, read
+    # at one moment in a couple of statements however many ids (`kapflow verify` reads
+    # its clients a batch at a time: a statement per client cost a round trip each).
+    def client_histories(self, client_ids: Sequence[str]) -> list[ClientHistory]: ...
 
     def tasks(
         self,

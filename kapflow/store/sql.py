@@ -7,12 +7,13 @@ streams, locks and writes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
 from kapflow.store.base import (
+    ClientHistory,
     HistoryEntry,
     OutboxRef,
     OutboxRow,
@@ -51,6 +52,14 @@ HISTORY_COLUMNS = (
     " from_state, to_state, event, outcome, prev_hash, hash"
 )
 
+# Several clients' histories and snapshots (`client_histories`): `{ids}` is how the
+# dialect tests a client_id against a list. Both search a key, (client_id, seq) and
+# client_id; the history is ordered by its key, so each client's comes in seq order.
+HISTORY_OF_CLIENTS = (
+    f"SELECT {HISTORY_COLUMNS} FROM history WHERE client_id {{ids}} ORDER BY client_id, seq"
+)
+SNAPSHOTS_OF_CLIENTS = "SELECT client_id, snapshot FROM clients WHERE client_id {ids}"
+
 # An outbox row with the history entry or rejection it points at.
 OUTBOX_SELECT = (
     "SELECT o.position, o.kind, o.client_id, o.seq, o.key_source, o.key_id, o.recorded_at,"
@@ -85,6 +94,23 @@ def history_entry(row: Sequence[Any], codec: StorageCodec) -> HistoryEntry:
         unpack_hash(row[12]),
         unpack_hash(row[13]),
     )
+
+
+def client_histories(
+    client_ids: Sequence[str],
+    history_rows: Iterable[Sequence[Any]],
+    snapshot_rows: Iterable[Sequence[Any]],
+    codec: StorageCodec,
+) -> list[ClientHistory]:
+    """Rows of HISTORY_OF_CLIENTS and SNAPSHOTS_OF_CLIENTS as one history per id asked."""
+    entries: dict[str, list[HistoryEntry]] = {}
+    for row in history_rows:
+        entries.setdefault(row[0], []).append(history_entry(row, codec))
+    snapshots = {client_id: snapshot_of(value, codec) for client_id, value in snapshot_rows}
+    return [
+        ClientHistory(client_id, entries.get(client_id, []), snapshots.get(client_id))
+        for client_id in client_ids
+    ]
 
 
 def history_row(entry: HistoryEntry, codec: StorageCodec) -> tuple[Any, ...]:

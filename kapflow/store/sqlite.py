@@ -18,6 +18,7 @@ import orjson
 
 from kapflow.store.base import (
     BatchWrites,
+    ClientHistory,
     HistoryEntry,
     ParkedEvent,
     StoreError,
@@ -30,9 +31,12 @@ from kapflow.store.due import CLOCK_MARK, ReceiptKey, fire_times, next_dues, rec
 from kapflow.store.sql import (
     ENCODED_COLUMNS,
     HISTORY_COLUMNS,
+    HISTORY_OF_CLIENTS,
     OPEN_STATUS_SQL,
     SCHEMA_VERSION,
+    SNAPSHOTS_OF_CLIENTS,
     SqlReads,
+    client_histories,
     history_entry,
     history_row,
     parked_event,
@@ -512,6 +516,30 @@ class SQLiteStore(SqlReads):
         while rows := cursor.fetchmany(2000):
             for row in rows:
                 yield history_entry(row, self.codec)
+
+    def client_histories(self, client_ids: Sequence[str]) -> list[ClientHistory]:
+        conn = self._conn()
+        history_rows: list[Any] = []
+        snapshot_rows: list[Any] = []
+        # Both reads in one read transaction (unless the caller's own is open): a batch
+        # committed between them would show a snapshot ahead of its history.
+        own_transaction = not conn.in_transaction
+        try:
+            if own_transaction:
+                conn.execute("BEGIN")
+            try:
+                for chunk in _chunks(sorted(set(client_ids))):
+                    ids = f"IN ({','.join('?' * len(chunk))})"
+                    history = conn.execute(HISTORY_OF_CLIENTS.format(ids=ids), chunk)
+                    history_rows += history.fetchall()
+                    snapshots = conn.execute(SNAPSHOTS_OF_CLIENTS.format(ids=ids), chunk)
+                    snapshot_rows += snapshots.fetchall()
+            finally:
+                if own_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.OperationalError as error:  # locked past the busy timeout, I/O
+            raise StoreError(f"read failed: {error}") from error
+        return client_histories(client_ids, history_rows, snapshot_rows, self.codec)
 
     def mark_published(self, positions: list[int], at: str) -> None:
         conn = self._conn()
