@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from kafka_fixtures import create_topics
 
 from kapflow.store import open_store
@@ -65,8 +66,13 @@ class Worker:
         log: Path,
         partitions: int = 4,
         clock_seconds: float = 3600,
+        verbose: bool = True,
     ) -> None:
-        self.command = [KAPFLOW, "worker", "--kafka", bootstrap, "--db", db, "-v"]
+        # -v logs each event's outcome, which the tests read; a benchmark measures the
+        # worker as deployed, without it.
+        self.command = [KAPFLOW, "worker", "--kafka", bootstrap, "--db", db]
+        if verbose:
+            self.command.append("-v")
         self.env = {
             **os.environ,
             **topics.env(),
@@ -158,6 +164,21 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 6
     finally:
         await consumer.stop()
     return records
+
+
+async def committed(bootstrap: str, topics: Topics, partitions: int = 4) -> int:
+    """The worker group's committed offsets on the events topic, summed over partitions:
+    how many input records it may never be handed again."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(
+            topics.env()["KAPFLOW_GROUP_ID"],
+            partitions=[TopicPartition(topics.events, p) for p in range(partitions)],
+        )
+    finally:
+        await admin.close()
+    return sum(max(meta.offset, 0) for meta in offsets.values())
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import murmur2
 from kafka_harness import (
     Topics,
     Worker,
+    committed,
     comparable,
     progress,
     publish,
@@ -88,6 +90,80 @@ def test_worker_records_the_same_histories_as_cli_ingest(
         for r in run(read_all(kafka_broker.bootstrap, topics.outputs["state-changes"], 1))
     ]
     assert states[0]["type"] == "kapflow.state_changed" and states[0]["specversion"] == "1.0"
+
+
+def test_each_client_keeps_one_partition_and_its_order_on_the_output_topics(
+    kafka_broker: LocalBroker, tmp_path: Path
+) -> None:
+    """The relay batches records per partition itself: a client's messages land where the
+    default partitioner (murmur2 of the key, as every Kafka client computes it) puts them,
+    and in the order they were recorded."""
+    events = list(generate_cohort(clients=30, seed=5))
+    topics = Topics()
+    run(topics.create(kafka_broker.bootstrap, partitions=4))
+    run(publish(kafka_broker.bootstrap, topics.events, structured(events)))
+    db = f"sqlite:///{tmp_path / 'worker.db'}"
+    _, expected = reference(tmp_path, events)
+    worker = Worker(kafka_broker.bootstrap, db, topics, tmp_path / "worker.log").start()
+    try:
+        wait_until(lambda: progress(db) == (expected, 0), 90, "all events recorded and published")
+    finally:
+        worker.stop()
+    ids = published_ids(db)
+    for topic in ("state-changes", "tasks"):
+        records = run(read_all(kafka_broker.bootstrap, topics.outputs[topic], len(ids[topic])))
+        assert len(records) == len(ids[topic])
+        seqs: dict[bytes, list[int]] = {}
+        for record in records:
+            assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 4
+            seqs.setdefault(record.key, []).append(json.loads(record.value)["data"]["seq"])
+        assert all(seq == sorted(seq) for seq in seqs.values()), "a client's order was lost"
+
+
+def test_offsets_are_committed_only_for_events_the_store_has_recorded(
+    kafka_broker: LocalBroker, tmp_path: Path
+) -> None:
+    """The worker takes the next batch while the last one is being recorded; neither is
+    acknowledged to Kafka before its transaction commits. With the database locked by
+    another process, nothing more is committed however long it waits; once the lock goes,
+    everything is recorded and committed."""
+    import sqlite3
+    import time
+
+    events = list(generate_cohort(clients=60, seed=6))
+    half = len(events) // 2
+    topics = Topics()
+    run(topics.create(kafka_broker.bootstrap, partitions=4))
+    run(publish(kafka_broker.bootstrap, topics.events, structured(events[:half])))
+    path = tmp_path / "worker.db"
+    db = f"sqlite:///{path}"
+    _, expected = reference(tmp_path, events)
+    worker = Worker(kafka_broker.bootstrap, db, topics, tmp_path / "worker.log").start()
+    try:
+        wait_until(
+            lambda: run(committed(kafka_broker.bootstrap, topics)) == half,
+            90,
+            "the first half recorded and committed",
+        )
+        recorded = progress(db)[0]
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            run(publish(kafka_broker.bootstrap, topics.events, structured(events[half:])))
+            time.sleep(8)  # faust commits acknowledged offsets every few seconds
+            assert run(committed(kafka_broker.bootstrap, topics)) == half
+            assert progress(db)[0] == recorded
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        wait_until(lambda: progress(db) == (expected, 0), 120, "the rest after the lock")
+        wait_until(
+            lambda: run(committed(kafka_broker.bootstrap, topics)) == len(events),
+            30,
+            "every offset committed",
+        )
+    finally:
+        worker.stop()
 
 
 def test_poison_messages_are_dead_lettered_and_the_partition_continues(

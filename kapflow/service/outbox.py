@@ -4,18 +4,19 @@ Outbox rows point at a history entry or a rejection; this module turns each into
 messages of SPEC §5 (state changes, task changes, dead letters, protocol deviations), each
 with a stable id so consumers can de-duplicate. Every payload is built as its published
 model (events/outputs.py) and dumped from it, so what leaves is the contract. The HTTP
-stream and the Kafka relay both publish through it.
+stream and the Kafka relay both publish through it. The stored JSON read back here is
+kapflow's own (orjson- or pydantic-written, int64 numbers), so orjson reads it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
+import orjson
 from pydantic import BaseModel
 
 from events.outputs import ClientState, DeadLetter, ProtocolDeviation, StateChange, TaskChange
@@ -83,7 +84,7 @@ def _payload(model: BaseModel) -> dict[str, Any]:
 
 
 def history_messages(entry: HistoryEntry) -> list[Message]:
-    outcome = json.loads(entry.outcome)
+    outcome = orjson.loads(entry.outcome)
     messages = []
     deviation = outcome.get("outcome") == "deviation"
     if entry.from_state != entry.to_state or deviation:
@@ -163,7 +164,7 @@ def _deviation_cause(entry: HistoryEntry) -> dict[str, Any]:
 
 
 def _deviation_message(entry: HistoryEntry, outcome: dict[str, Any]) -> Message:
-    event = json.loads(entry.event)
+    event = orjson.loads(entry.event)
     session = event.get("data", {}).get("session_id")
     return Message(
         DEVIATIONS,
@@ -225,7 +226,7 @@ def dead_letter(record: RejectedRecord) -> Message:
                 subject=record.client_id,
                 type=record.type,
                 recorded_at=record.recorded_at,
-                reasons=json.loads(record.reasons),
+                reasons=orjson.loads(record.reasons),
                 original=record.original,
             )
         ),
