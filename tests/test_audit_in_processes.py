@@ -133,13 +133,19 @@ def postgres_execute(url: str) -> Execute:
     return execute
 
 
-def test_verify_in_two_processes_reports_tampering_exactly_as_one_on_sqlite(
-    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def tampered_sqlite_store(sqlite_url: str, tmp_path: Path) -> tuple[EventStore, list[str]]:
+    """A recorded cohort in SQLite with five clients tampered with (see `tamper`)."""
     recorded_cohort(sqlite_url, tmp_path)
     store = open_store(sqlite_url)
     clients = clients_to_tamper_with(store)
     tamper(sqlite_execute(sqlite_url), StorageCodec(), clients, "?")
+    return store, clients
+
+
+def test_verify_in_two_processes_reports_tampering_exactly_as_one_on_sqlite(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, clients = tampered_sqlite_store(sqlite_url, tmp_path)
     assert_same_report_for_any_jobs(store, clients[:4], monkeypatch)
     one = kapflow("verify", "--jobs", "1", db=sqlite_url, check=False)
     two = kapflow("verify", "--jobs", "2", db=sqlite_url, check=False)
@@ -208,10 +214,7 @@ def _killed(clients: list[tuple[int, str]]) -> None:
 def test_a_verify_worker_that_dies_leaves_its_clients_to_be_verified_here(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recorded_cohort(sqlite_url, tmp_path)
-    store = open_store(sqlite_url)
-    clients = clients_to_tamper_with(store)
-    tamper(sqlite_execute(sqlite_url), StorageCodec(), clients, "?")
+    store, clients = tampered_sqlite_store(sqlite_url, tmp_path)
     one = verify(store, jobs=1)
     monkeypatch.setattr(verification, "CLIENTS_PER_BATCH", 2)
     monkeypatch.setattr(verification, "_verify_in_worker", _killed)
