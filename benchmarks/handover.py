@@ -22,16 +22,29 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from builders import Journey  # noqa: E402
 from kafka_harness import Topics, Worker, progress, publish, structured  # noqa: E402
-from worker import fresh_db  # noqa: E402 - benchmarks/worker.py: a fresh store per run
 
 from kapflow.entrypoints.broker import LocalBroker  # noqa: E402
 from kapflow.settings import KafkaSettings  # noqa: E402
+
+
+def fresh_db(base: str, work: Path, name: str) -> str:
+    """A store of its own for one trial: a file beside the others, or a new PostgreSQL
+    database next to `base`'s (named kapflow_bench_…; drop them when done)."""
+    if base.startswith("sqlite"):
+        return f"sqlite:///{work / f'{name}.db'}"
+    import psycopg
+
+    db = f"kapflow_bench_{name}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    return base.rsplit("/", 1)[0] + "/" + db
 
 
 def inquiries(prefix: str, clients: int) -> list[dict[str, object]]:
