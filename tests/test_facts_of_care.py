@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ from kapflow.service.audit import verify
 from kapflow.service.clock import tick
 from kapflow.service.ingest import IngestService
 from kapflow.store import open_store
+from workflow.releases import CURRENT_RELEASE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_2026.11.3.sqlite"
+# Written by release 2026.11.4 (UUIDv5 task ids): 24 clients, 641 entries, 6 deviations.
+FIXTURE_2026_11_4 = Path(__file__).parent / "fixtures" / "store_2026.11.4.sqlite"
 
 
 def codes(result: Any) -> list[str]:
@@ -268,10 +272,86 @@ def test_a_store_written_by_the_previous_release_verifies_and_keeps_working(
         [result] = IngestService(store).ingest_batch([j.course_completed()])
         assert result.outcome in ("accepted", "deviation")
         [last] = store.history(in_flight)[-1:]
-        assert last.pathway_version == "2026.11.4"
+        assert last.pathway_version == CURRENT_RELEASE.version
         assert verify(store).ok
     finally:
         store.close()
+
+
+def test_a_store_with_unordered_task_ids_verifies_and_its_open_tasks_still_close(
+    tmp_path: Path,
+) -> None:
+    """2026.11.4 wrote UUIDv5 task ids; its clients go on under time-ordered ids, and the
+    tasks it opened are still found and closed by the new release's events."""
+    from kapflow.service.work_queue import TaskAction, act_on_task
+
+    copy = tmp_path / "previous.db"
+    shutil.copy(FIXTURE_2026_11_4, copy)
+    store = open_store(f"sqlite:///{copy}")
+    try:
+        assert verify(store).ok
+        assert {entry.pathway_version for entry in store.iter_history()} == {"2026.11.4"}
+        snapshot = next(
+            snap
+            for cid in store.client_ids()
+            if (snap := store.get_client(cid)) is not None and snap.state == "integrating"
+        )
+        old = sorted(snapshot.open_tasks.values(), key=lambda task: task.id)
+        assert old and all(uuid.UUID(task.id).version == 5 for task in old)
+        assert snapshot.last_event_time is not None
+        acted_at = datetime.fromisoformat(snapshot.last_event_time) + timedelta(hours=1)
+        service = IngestService(store)
+        done = act_on_task(
+            store, service.ingest_batch, TaskAction("complete", old[0].id), actor="ops", at=acted_at
+        )
+        assert done.outcome == "accepted"
+        assert done.task is not None and done.task.status == "completed"
+        j = Journey(snapshot.client_id, start=acted_at)
+        [result] = service.ingest_batch([j.course_completed()])
+        assert result.outcome in ("accepted", "deviation")
+        after = store.get_client(snapshot.client_id)
+        assert after is not None and after.state == "completed"
+        assert old[0].id not in after.open_tasks
+        new_ids = [entry for entry in store.history(snapshot.client_id)[-2:]]
+        assert {entry.pathway_version for entry in new_ids} == {"2026.11.5"}
+        assert verify(store).ok
+    finally:
+        store.close()
+
+
+def test_task_ids_sort_in_the_order_care_happened(clinic: Clinic) -> None:
+    j = Journey()
+    clinic.send(*j.to_prepared(), *j.dosing("s-1"), j.integration("s-1"))
+    tasks = [
+        task
+        for entry in clinic.store.history("c-1")
+        for change in json.loads(entry.outcome)["tasks"]
+        if change["change"] == "opened"
+        for task in [change["task"]]
+    ]
+    assert len(tasks) > 5
+    for task in tasks:
+        task_id = uuid.UUID(task["id"])
+        assert task_id.version == 8 and task_id.variant == uuid.RFC_4122
+        raised = datetime.fromisoformat(task["authored_on"])
+        assert int.from_bytes(task_id.bytes[:6], "big") == int(raised.timestamp() * 1000)
+    by_time = sorted(tasks, key=lambda task: (task["authored_on"], task["id"]))
+    assert by_time == sorted(tasks, key=lambda task: task["id"])
+
+
+def test_a_task_id_is_a_pure_function_of_the_facts_under_every_release() -> None:
+    from workflow.tasks import task_id_for
+
+    v5 = task_id_for("c-1", "urn:s", "e-1", "bill-private-time")
+    assert v5 == task_id_for("c-1", "urn:s", "e-1", "bill-private-time")
+    assert uuid.UUID(v5).version == 5
+    early = task_id_for("c-1", "urn:s", "e-1", "bill", raised_at="2026-01-05T09:00:00Z")
+    late = task_id_for("c-1", "urn:s", "e-0", "bill", raised_at="2026-01-05T09:00:01Z")
+    assert early < late and uuid.UUID(early).version == 8
+    assert early[:13] == "019b8d62-7a80"  # 2026-01-05T09:00:00Z is 1,767,603,600,000 ms
+    # The same name hashes to the same 74 bits whatever the time.
+    again = task_id_for("c-1", "urn:s", "e-1", "bill", raised_at="2030-01-01T00:00:00Z")
+    assert again[-17:] == early[-17:] and again[:13] != early[:13]
 
 
 def test_every_release_in_history_is_known_and_old_ones_are_frozen() -> None:
@@ -279,6 +359,9 @@ def test_every_release_in_history_is_known_and_old_ones_are_frozen() -> None:
 
     assert RELEASES["2026.11.3"].records_deviations is False
     assert RELEASES["2026.11.4"].records_deviations is True
+    assert RELEASES["2026.11.4"].time_ordered_task_ids is False
+    assert RELEASES["2026.11.5"].time_ordered_task_ids is True
+    assert list(RELEASES)[-1] == CURRENT_RELEASE.version == "2026.11.5"
     assert list(itertools.islice(RELEASES, 1)) == ["2026.11.3"]
 
 

@@ -82,7 +82,7 @@ def _open_review(
     stat: bool,
     about: str | None,
     note: str,
-    raised_by: tuple[str, str] | None = None,
+    raised_by: tuple[str, str, str] | None = None,
 ) -> Task:
     """The review a person owes a deviation: stat for R3–R5 and a dosing on hold."""
     within = fx.policy.stat_deviation_review_within if stat else fx.policy.deviation_review_within
@@ -181,7 +181,7 @@ def _settle_review(fx: Effects, dosing: dict[str, Any], rules: list[str]) -> Non
             stat,
             dosing["session"],
             _note(rules) + f" (revealed by the late {why})",
-            raised_by=(dosing["source"], dosing["event_id"]),
+            raised_by=(dosing["source"], dosing["event_id"], dosing["at"]),
         )
     _replace_dosing(fx.after, dosing["session"], rules=rules, review=task.id)
 

@@ -28,6 +28,9 @@ class PathwayRelease:
     # A renewal releases a hold whose only reason was a lapsed subscription (R9). Before
     # this, a clinician had to release it.
     renewal_cures_subscription_hold: bool
+    # A task id begins with the raising event's time (`workflow.tasks.task_id_for`), so ids
+    # sort in the order care happened. Before this, ids were UUIDv5, in no order.
+    time_ordered_task_ids: bool
 
 
 RELEASE_2026_11_3 = PathwayRelease(
@@ -36,6 +39,7 @@ RELEASE_2026_11_3 = PathwayRelease(
     judges_at_event_time=False,
     keeps_duties_on_exit=False,
     renewal_cures_subscription_hold=False,
+    time_ordered_task_ids=False,
 )
 RELEASE_2026_11_4 = PathwayRelease(
     "2026.11.4",
@@ -43,12 +47,22 @@ RELEASE_2026_11_4 = PathwayRelease(
     judges_at_event_time=True,
     keeps_duties_on_exit=True,
     renewal_cures_subscription_hold=True,
+    time_ordered_task_ids=False,
+)
+RELEASE_2026_11_5 = PathwayRelease(
+    "2026.11.5",
+    records_deviations=True,
+    judges_at_event_time=True,
+    keeps_duties_on_exit=True,
+    renewal_cures_subscription_hold=True,
+    time_ordered_task_ids=True,
 )
 
 RELEASES: dict[str, PathwayRelease] = {
-    release.version: release for release in (RELEASE_2026_11_3, RELEASE_2026_11_4)
+    release.version: release
+    for release in (RELEASE_2026_11_3, RELEASE_2026_11_4, RELEASE_2026_11_5)
 }
-CURRENT_RELEASE = RELEASE_2026_11_4
+CURRENT_RELEASE = RELEASE_2026_11_5
 PATHWAY_VERSION = CURRENT_RELEASE.version
 
 

@@ -58,12 +58,20 @@ class Effects:
         about: str | None = None,
         amount_usd: Decimal | None = None,
         note: str | None = None,
-        raised_by: tuple[str, str] | None = None,
+        raised_by: tuple[str, str, str] | None = None,
     ) -> Task:
-        """Open a task raised by this event (or, `raised_by`, by an earlier recorded one)."""
-        source, event_id = raised_by or (self.event.source, self.event.id)
+        """Open a task raised by this event (or, `raised_by`, by an earlier recorded one:
+        its source, id and time)."""
+        source, event_id, raised_at = raised_by or (self.event.source, self.event.id, self.at)
         task = Task(
-            id=task_id_for(self.after.client_id, source, event_id, code, about or ""),
+            id=task_id_for(
+                self.after.client_id,
+                source,
+                event_id,
+                code,
+                about or "",
+                raised_at=raised_at if self.release.time_ordered_task_ids else "",
+            ),
             status="requested",
             priority=priority,
             code=code,

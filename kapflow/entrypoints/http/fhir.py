@@ -4,7 +4,8 @@
 with it before they leave, so a consumer's FHIR client can rely on them.
 
 Mapping from kapflow's task (SPEC §4):
-- `id`, `identifier` (system `urn:kapflow:task`) ← task id (a UUIDv5, a valid FHIR id);
+- `id`, `identifier` (system `urn:kapflow:task`) ← task id (a UUID, v5 or time-ordered v8
+  by pathway release; a valid FHIR id);
 - `status`, `intent` ("order"), `priority` ← the same codes (kapflow uses FHIR's value sets);
 - `code` ← CodeableConcept, system `urn:kapflow:task-code`, code and display from the
   catalogue; `description` ← the catalogue text;
