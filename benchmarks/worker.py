@@ -229,6 +229,7 @@ def through_workers(
     workers: int,
     work: Path,
     partitions: int,
+    relay_process: bool = False,
 ) -> WorkerRun:
     topics = Topics()
     asyncio.run(topics.create(broker.bootstrap, partitions))
@@ -237,13 +238,26 @@ def through_workers(
     database = url.rsplit("/", 1)[1]
     procs = [
         Worker(
-            broker.bootstrap, url, topics, work / f"{database}-w{n}.log", partitions, verbose=False
+            broker.bootstrap,
+            url,
+            topics,
+            work / f"{database}-w{n}.log",
+            partitions,
+            verbose=False,
+            embedded_relay=not relay_process,
         )
         for n in range(workers)
     ]
+    # With relay_process the workers only consume and record; `kapflow relay` publishes.
+    relays = (
+        [Worker(broker.bootstrap, url, topics, work / f"{database}-relay.log", command="relay")]
+        if relay_process
+        else []
+    )
     meter = CpuMeter(
         {
             "worker": lambda: [p.process.pid for p in procs if p.process is not None],
+            "relay": lambda: [p.process.pid for p in relays if p.process is not None],
             "broker": lambda: [broker.pid] if broker.pid else [],
             "postgres": lambda: _postgres_pids(database),
             "benchmark": lambda: [os.getpid()],
@@ -251,7 +265,7 @@ def through_workers(
     )
     conn = psycopg.connect(url, autocommit=True)
     started = time.perf_counter()
-    for proc in procs:
+    for proc in procs + relays:
         proc.start()
     first: tuple[float, int] | None = None
     spies: list[subprocess.Popen[bytes]] = []
@@ -285,7 +299,7 @@ def through_workers(
             time.sleep(0.5)  # faust commits acked offsets every few seconds
     finally:
         conn.close()
-        for proc in procs:
+        for proc in procs + relays:
             proc.stop()
     assert first is not None and all_recorded is not None
     window = distinct - first[1]
@@ -311,6 +325,13 @@ def main() -> None:
     )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--one-only", action="store_true", help="skip the two-worker runs")
+    parser.add_argument(
+        "--relay",
+        choices=("embedded", "process", "both"),
+        default="both",
+        help="the outbox relay inside the workers (the default deployment), in its own"
+        " `kapflow relay` process beside them, or each configuration both ways",
+    )
     args = parser.parse_args()
     os.environ["KAPFLOW_BATCH_SIZE"] = str(args.batch_size)  # what the workers read
 
@@ -327,29 +348,36 @@ def main() -> None:
     )
     databases = Databases(args.db)
     broker = LocalBroker(log_path=work / "broker.log").start()
-    runs: dict[str, list[Measured]] = {"in-process": [], "one worker": [], "two workers": []}
+    shapes = [(False, ""), (True, " + relay process")]
+    if args.relay != "both":
+        shapes = [shape for shape in shapes if shape[0] == (args.relay == "process")]
+    counts = [(1, "one worker")] + ([] if args.one_only else [(2, "two workers")])
+    runs: dict[str, list[Measured]] = {"in-process": []}
+    for _, suffix in shapes:
+        for _, name in counts:
+            runs[name + suffix] = []
 
-    def workers(count: int) -> WorkerRun:
-        return through_workers(broker, databases, records, distinct, count, work, args.partitions)
+    def workers(count: int, relay_process: bool) -> WorkerRun:
+        return through_workers(
+            broker, databases, records, distinct, count, work, args.partitions, relay_process
+        )
 
     try:
         for run in range(args.runs):
             steps: list[tuple[str, Callable[[], Measured]]] = [
                 ("in-process", lambda: in_process(databases, lines, args.batch_size)),
-                ("one worker", lambda: workers(1)),
             ]
-            if not args.one_only:
-                steps.append(("two workers", lambda: workers(2)))
+            for separate, suffix in shapes:
+                for count, name in counts:
+                    steps.append(
+                        (name + suffix, lambda c=count, r=separate: workers(c, r))  # type: ignore[misc]
+                    )
             shift = run % len(steps)  # rotate which side goes first
             for name, step in steps[shift:] + steps[:shift]:
                 runs[name].append(step())
-            one = runs["one worker"][-1]
-            assert isinstance(one, WorkerRun)
             print(
                 f"run {run + 1}: "
-                + ", ".join(f"{name} {m[-1].per_s:,.0f} events/s" for name, m in runs.items() if m)
-                + f" (one worker: recorded {one.recorded_per_s:,.0f}/s,"
-                f" with start-up {one.with_startup_per_s:,.0f}/s)",
+                + ", ".join(f"{name} {m[-1].per_s:,.0f} events/s" for name, m in runs.items() if m),
                 flush=True,
             )
     finally:
@@ -359,27 +387,39 @@ def main() -> None:
     verdicts(runs)
 
 
+def _shapes(runs: dict[str, list[Measured]]) -> list[str]:
+    """The relay shapes measured: "" (embedded) and/or " + relay process"."""
+    return [name.removeprefix("one worker") for name in runs if name.startswith("one worker")]
+
+
 def summary(runs: dict[str, list[Measured]], args: argparse.Namespace) -> dict[str, object]:
     med = statistics.median
-    base, single = (med(m.per_s for m in runs[name]) for name in ("in-process", "one worker"))
+    base = med(m.per_s for m in runs["in-process"])
     out: dict[str, object] = {
         "events": runs["in-process"][0].events,
         "runs": args.runs,
         "batch_size": args.batch_size,
         "in_process_per_s": round(base),
-        "one_worker_per_s": round(single),
-        "one_worker_over_in_process": round(single / base, 3),
     }
-    if runs["two workers"]:
-        two = med(m.per_s for m in runs["two workers"])
-        out["two_workers_per_s"] = round(two)
-        out["two_workers_over_one"] = round(two / single, 3)
+    for shape in _shapes(runs):
+        tag = "_relay_process" if shape else ""
+        single = med(m.per_s for m in runs["one worker" + shape])
+        out[f"one_worker{tag}_per_s"] = round(single)
+        out[f"one_worker{tag}_over_in_process"] = round(single / base, 3)
+        if runs.get("two workers" + shape):
+            two = med(m.per_s for m in runs["two workers" + shape])
+            out[f"two_workers{tag}_per_s"] = round(two)
+            out[f"two_workers{tag}_over_one"] = round(two / single, 3)
     out["lag_after_worker_runs"] = [
         m.lag for name in runs for m in runs[name] if isinstance(m, WorkerRun)
     ]
     # Where the CPU went (medians over runs): per event recorded, and as cores busy.
-    for name in ("in-process", "one worker"):
-        groups = [g for g in runs[name][0].cpu if g not in ("window", "waited for a CPU")]
+    for name in ("in-process", *(f"one worker{shape}" for shape in _shapes(runs))):
+        groups = [
+            g
+            for g in runs[name][0].cpu
+            if g not in ("window", "waited for a CPU") and any(m.cpu[g] for m in runs[name])
+        ]
         out[f"{name} CPU us/event"] = {
             g: round(med(m.cpu[g] / m.events for m in runs[name]) * 1e6) for g in groups
         }
@@ -392,19 +432,21 @@ def summary(runs: dict[str, list[Measured]], args: argparse.Namespace) -> dict[s
 
 def verdicts(runs: dict[str, list[Measured]]) -> None:
     med = statistics.median
-    base, single = (med(m.per_s for m in runs[name]) for name in ("in-process", "one worker"))
-    ratio = single / base
-    print(
-        f"{'MET ' if ratio >= TARGET_ONE else 'MISS'} one worker end to end"
-        f" {single:,.0f} events/s = {ratio:.2f}x in-process {base:,.0f} events/s"
-        f" (target >= {TARGET_ONE}x)"
-    )
-    if runs["two workers"]:
-        two = med(m.per_s for m in runs["two workers"])
+    base = med(m.per_s for m in runs["in-process"])
+    for shape in _shapes(runs):
+        single = med(m.per_s for m in runs["one worker" + shape])
+        ratio = single / base
         print(
-            f"{'MET ' if two / single >= TARGET_TWO else 'MISS'} two workers"
-            f" {two:,.0f} events/s = {two / single:.2f}x one (target >= {TARGET_TWO}x)"
+            f"{'MET ' if ratio >= TARGET_ONE else 'MISS'} one worker{shape} end to end"
+            f" {single:,.0f} events/s = {ratio:.2f}x in-process {base:,.0f} events/s"
+            f" (target >= {TARGET_ONE}x)"
         )
+        if runs.get("two workers" + shape):
+            two = med(m.per_s for m in runs["two workers" + shape])
+            print(
+                f"{'MET ' if two / single >= TARGET_TWO else 'MISS'} two workers{shape}"
+                f" {two:,.0f} events/s = {two / single:.2f}x one (target >= {TARGET_TWO}x)"
+            )
     lags = [m.lag for name in runs for m in runs[name] if isinstance(m, WorkerRun)]
     if any(lags):
         print(f"MISS committed offsets lag behind the topic after a run: {lags}")

@@ -51,6 +51,10 @@ class KafkaSettings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=50_000)
     batch_wait_seconds: float = Field(default=0.2, gt=0, le=60)
     relay_batch_size: int = Field(default=1000, ge=1, le=50_000)
+    # Whether `kapflow worker` publishes the outbox itself (one worker of the group at a
+    # time, under the relay lease). False when `kapflow relay` runs as its own process:
+    # the worker's interpreter then only consumes and records.
+    embedded_relay: bool = True
     relay_idle_seconds: float = Field(default=0.5, gt=0, le=60)
     # Published outbox rows are deleted this long after publication (`kapflow prune`).
     outbox_retention_days: float = Field(default=7.0, gt=0, le=3650)

@@ -67,10 +67,13 @@ class Worker:
         partitions: int = 4,
         clock_seconds: float = 3600,
         verbose: bool = True,
+        embedded_relay: bool = True,
+        command: str = "worker",
     ) -> None:
         # -v logs each event's outcome, which the tests read; a benchmark measures the
         # worker as deployed, without it.
-        self.command = [KAPFLOW, "worker", "--kafka", bootstrap, "--db", db]
+        # `command="relay"`: a `kapflow relay` process instead, with the same settings.
+        self.command = [KAPFLOW, command, "--kafka", bootstrap, "--db", db]
         if verbose:
             self.command.append("-v")
         self.env = {
@@ -84,6 +87,7 @@ class Worker:
             # The wall clock is far past the synthetic cohort: keep the worker's clock
             # out of the tests that compare with `kapflow ingest`.
             "KAPFLOW_CLOCK_INTERVAL_SECONDS": str(clock_seconds),
+            "KAPFLOW_EMBEDDED_RELAY": "true" if embedded_relay else "false",
         }
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -103,7 +107,8 @@ class Worker:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit within 20 s; its exit status."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -111,6 +116,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        return None if self.process is None else self.process.returncode
 
 
 async def publish(

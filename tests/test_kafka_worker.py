@@ -120,6 +120,42 @@ def test_each_client_keeps_one_partition_and_its_order_on_the_output_topics(
         assert all(seq == sorted(seq) for seq in seqs.values()), "a client's order was lost"
 
 
+def test_a_relay_process_publishes_what_workers_without_a_relay_recorded(
+    kafka_broker: LocalBroker, tmp_path: Path
+) -> None:
+    """`KAPFLOW_EMBEDDED_RELAY=false`: the worker records and publishes nothing; `kapflow
+    relay`, its own process, then publishes every outbox row, as the worker would have."""
+    events = list(generate_cohort(clients=20, seed=8))
+    _, expected = reference(tmp_path, events)
+    topics = Topics()
+    run(topics.create(kafka_broker.bootstrap))
+    run(publish(kafka_broker.bootstrap, topics.events, structured(events)))
+    db = f"sqlite:///{tmp_path / 'worker.db'}"
+    worker = Worker(
+        kafka_broker.bootstrap, db, topics, tmp_path / "worker.log", embedded_relay=False
+    ).start()
+    relay = Worker(kafka_broker.bootstrap, db, topics, tmp_path / "relay.log", command="relay")
+    try:
+        wait_until(lambda: progress(db)[0] == expected, 90, "all events recorded")
+        rows = published_ids(db)
+        store = open_store(db)
+        try:
+            outbox_rows = len(store.outbox_after(0, limit=10**7))
+        finally:
+            store.close()
+        assert outbox_rows > 0 and progress(db)[1] == outbox_rows  # nothing published
+        relay.start()
+        wait_until(lambda: progress(db) == (expected, 0), 60, "the relay published the outbox")
+    finally:
+        worker.stop()
+        exit_status = relay.stop()
+    assert exit_status == 0, (tmp_path / "relay.log").read_text()
+    assert "outbox left to `kapflow relay`" in (tmp_path / "worker.log").read_text()
+    for topic, name in topics.outputs.items():
+        records = run(read_all(kafka_broker.bootstrap, name, len(rows.get(topic, ()))))
+        assert {json.loads(r.value)["id"] for r in records} == rows.get(topic, set())
+
+
 def test_offsets_are_committed_only_for_events_the_store_has_recorded(
     kafka_broker: LocalBroker, tmp_path: Path
 ) -> None:

@@ -712,6 +712,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    from kapflow.entrypoints.relay import run
+
+    return run(args)
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from kapflow.entrypoints.broker import BrokerUnavailable, run_forever
 
@@ -964,6 +970,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
     sub = add("worker", cmd_worker, "Kafka stream worker")
+    sub.add_argument("--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT")
+    sub.add_argument("--config", help="TOML settings file (environment KAPFLOW_* wins)")
+
+    sub = add("relay", cmd_relay, "publish the outbox to Kafka in its own process")
     sub.add_argument("--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT")
     sub.add_argument("--config", help="TOML settings file (environment KAPFLOW_* wins)")
 

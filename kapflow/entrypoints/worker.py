@@ -2,9 +2,10 @@
 
 Thin by design: decode each record (CloudEvents Kafka binding), hand the batch to the same
 `IngestService` the CLI and HTTP service use (built by kapflow/bootstrap.py), then let the
-outbox relay publish. The clock is the same `CareClock` as everywhere; here it records
-deadlines by publishing them to the events topic (see `clock` below). Offsets
-are committed by faust only for events acked after `ingest_batch` returned, i.e. after the
+outbox relay publish: in this process by default, or in its own (`kapflow relay`, with
+`KAPFLOW_EMBEDDED_RELAY=false` here). The clock is the same `CareClock` as everywhere;
+here it records deadlines by publishing them to the events topic (see `clock` below).
+Offsets are committed by faust only for events acked after `ingest_batch` returned, i.e. after the
 store transaction committed: at-least-once delivery plus idempotent writes keyed by
 (`source`, `id`) gives effectively-once effects without faust's `exactly_once` mode.
 """
@@ -113,7 +114,11 @@ def build_app(settings: KafkaSettings, runtime: Runtime) -> faust.App:
         producer_acks=-1,
     )
     service = runtime.service
-    relay = KafkaOutboxRelay(runtime.store, settings, runtime.relay_lease())
+    relay = (
+        KafkaOutboxRelay(runtime.store, settings, runtime.relay_lease())
+        if settings.embedded_relay
+        else None
+    )
     events = app.topic(
         settings.events_topic,
         key_type=bytes,
@@ -176,7 +181,8 @@ def build_app(settings: KafkaSettings, runtime: Runtime) -> faust.App:
             log.info("recorded a batch of %d events", len(inputs))
         for event in batch:
             await stream.ack(event)
-        relay.wake()
+        if relay is not None:
+            relay.wake()
 
     loop: asyncio.AbstractEventLoop | None = None
     published: list[dict[str, Any]] = []  # by the current tick
@@ -212,7 +218,8 @@ def build_app(settings: KafkaSettings, runtime: Runtime) -> faust.App:
                 len(published),
                 len(report.expired_parked),
             )
-            relay.wake()
+            if relay is not None:
+                relay.wake()
 
     @app.task
     async def freeze_startup_heap() -> None:
@@ -221,13 +228,16 @@ def build_app(settings: KafkaSettings, runtime: Runtime) -> faust.App:
         gc.collect()
         gc.freeze()
 
-    @app.task
-    async def publish_outbox() -> None:
-        await relay.start()
-        try:
-            await relay.run(stopping)
-        finally:
-            await relay.stop()
+    if relay is not None:
+
+        @app.task
+        async def publish_outbox() -> None:
+            assert relay is not None
+            await relay.start()
+            try:
+                await relay.run(stopping)
+            finally:
+                await relay.stop()
 
     @app.on_before_shutdown.connect
     async def _stop_relay(app: faust.App, **_: Any) -> None:
@@ -251,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     print(
         f"kapflow worker: consuming {settings.events_topic} from {settings.kafka} as group "
-        f"{settings.group_id}; store {settings.db.split('@')[-1]}",
+        f"{settings.group_id}; store {settings.db.split('@')[-1]}"
+        + ("" if settings.embedded_relay else "; outbox left to `kapflow relay`"),
         file=sys.stderr,
     )
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
