@@ -114,7 +114,8 @@ def child(kind: str, bootstrap: str, topic: str, expected: int, batch: int) -> d
         timeout=300,
         check=False,
     )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    # faust writes a terminal escape sequence before the line: take from its first brace.
+    lines = [line[line.index("{") :] for line in done.stdout.splitlines() if "{" in line]
     if not lines:
         raise SystemExit(f"{kind} consumer failed: {done.stderr[-2000:]}")
     return json.loads(lines[-1])

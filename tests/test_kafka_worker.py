@@ -45,6 +45,18 @@ def reference(tmp_path: Path, events: list[dict[str, Any]]) -> tuple[str, int]:
     return url, recorded
 
 
+def on_the_events_topic(
+    broker: LocalBroker, tmp_path: Path, events: list[dict[str, Any]]
+) -> tuple[Topics, str, int]:
+    """Fresh topics holding `events`, a worker database URL, and how many inputs
+    `kapflow ingest` records from the same events."""
+    _, expected = reference(tmp_path, events)
+    topics = Topics()
+    run(topics.create(broker.bootstrap))
+    run(publish(broker.bootstrap, topics.events, structured(events)))
+    return topics, f"sqlite:///{tmp_path / 'worker.db'}", expected
+
+
 def published_ids(db: str) -> dict[str, set[str]]:
     store = open_store(db)
     try:
@@ -126,11 +138,7 @@ def test_a_relay_process_publishes_what_workers_without_a_relay_recorded(
     """`KAPFLOW_EMBEDDED_RELAY=false`: the worker records and publishes nothing; `kapflow
     relay`, its own process, then publishes every outbox row, as the worker would have."""
     events = list(generate_cohort(clients=20, seed=8))
-    _, expected = reference(tmp_path, events)
-    topics = Topics()
-    run(topics.create(kafka_broker.bootstrap))
-    run(publish(kafka_broker.bootstrap, topics.events, structured(events)))
-    db = f"sqlite:///{tmp_path / 'worker.db'}"
+    topics, db, expected = on_the_events_topic(kafka_broker, tmp_path, events)
     worker = Worker(
         kafka_broker.bootstrap, db, topics, tmp_path / "worker.log", embedded_relay=False
     ).start()
@@ -457,3 +465,20 @@ def test_the_postgresql_lease_moves_when_its_holder_goes(postgres_url: str) -> N
     first.release()  # a dead worker's session ends the same way
     assert second.acquire()
     second.release()
+
+
+@pytest.mark.parametrize("program", ["worker", "relay"])
+def test_a_kafka_process_with_a_wrong_setting_stops_with_one_line_naming_it(
+    program: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAPFLOW_KAFKA", raising=False)
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    wrong = kapflow(program, "--kafka", "no port here", db=db, check=False)
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith(f"kapflow {program}: ") and "kafka" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    unopenable = kapflow(
+        program, "--kafka", "127.0.0.1:9", db="sqlite:////nonexistent/k.db", check=False
+    )
+    assert unopenable.returncode == 3, unopenable.stderr
+    assert f"kapflow {program}: database error" in unopenable.stderr

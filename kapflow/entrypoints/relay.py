@@ -20,10 +20,10 @@ import sys
 
 from aiokafka.errors import KafkaError
 
-from kapflow.bootstrap import Runtime, bootstrap
+from kapflow.bootstrap import Runtime
+from kapflow.entrypoints.kafka_start import open_kafka_runtime
 from kapflow.publishers.kafka import MAX_BACKOFF_S, KafkaOutboxRelay
-from kapflow.settings import KafkaSettings, SettingsError, load_kafka_settings
-from kapflow.store import StoreError
+from kapflow.settings import KafkaSettings
 
 log = logging.getLogger("kapflow.relay")
 
@@ -58,16 +58,10 @@ async def _main(runtime: Runtime, settings: KafkaSettings) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_kafka_settings(getattr(args, "config", None), kafka=args.kafka, db=args.db)
-    except SettingsError as error:
-        print(f"kapflow relay: {error}", file=sys.stderr)
-        return 2
-    try:
-        runtime = bootstrap(settings.db)
-    except StoreError as error:
-        print(f"kapflow relay: database error: {error}", file=sys.stderr)
-        return 3
+    opened = open_kafka_runtime(args, "relay")
+    if isinstance(opened, int):
+        return opened
+    settings, runtime = opened
     print(
         f"kapflow relay: publishing the outbox of {settings.db.split('@')[-1]} to {settings.kafka}",
         file=sys.stderr,

@@ -27,11 +27,12 @@ from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
 from events.kafka_binding import from_kafka_record
-from kapflow.bootstrap import Runtime, bootstrap
+from kapflow.bootstrap import Runtime
+from kapflow.entrypoints.kafka_start import open_kafka_runtime
 from kapflow.publishers.kafka import KafkaOutboxRelay
 from kapflow.service.ingest import IngestResult, IngestService, RawInput, utc_now
 from kapflow.service.isolation import ingest_isolating
-from kapflow.settings import KafkaSettings, SettingsError, load_kafka_settings
+from kapflow.settings import KafkaSettings
 from kapflow.store import StoreError
 
 log = logging.getLogger("kapflow.worker")
@@ -247,16 +248,10 @@ def build_app(settings: KafkaSettings, runtime: Runtime) -> faust.App:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_kafka_settings(getattr(args, "config", None), kafka=args.kafka, db=args.db)
-    except SettingsError as error:
-        print(f"kapflow worker: {error}", file=sys.stderr)
-        return 2
-    try:
-        runtime = bootstrap(settings.db, batch_size=settings.batch_size)
-    except StoreError as error:
-        print(f"kapflow worker: database error: {error}", file=sys.stderr)
-        return 3
+    opened = open_kafka_runtime(args, "worker")
+    if isinstance(opened, int):
+        return opened
+    settings, runtime = opened
     app = build_app(settings, runtime)
     gc.set_threshold(*GC_THRESHOLDS)
     print(
