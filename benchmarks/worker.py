@@ -250,7 +250,16 @@ def through_workers(
     ]
     # With relay_process the workers only consume and record; `kapflow relay` publishes.
     relays = (
-        [Worker(broker.bootstrap, url, topics, work / f"{database}-relay.log", command="relay")]
+        [
+            Worker(
+                broker.bootstrap,
+                url,
+                topics,
+                work / f"{database}-relay.log",
+                verbose=False,
+                command="relay",
+            )
+        ]
         if relay_process
         else []
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,20 @@ def test_a_revocation_dated_before_a_dosing_but_delivered_after_it_reveals_a_dev
     [row] = deviations(sqlite_url)
     assert (row["event_id"], row["rules"], row["status"]) == (dosing["id"], ["R5"], "open")
     assert row["revealed_by_event_id"] == revocation["id"]
-    assert row["review_task_id"]
+    # The review is raised by the dosing, though the revocation revealed it: its id begins
+    # with the dosing's time and is the one it would have had if opened at the dosing.
+    from workflow.tasks import TaskCode, task_id_for
+
+    dosed_at = datetime.fromisoformat(dosing["time"].replace("Z", "+00:00"))
+    assert row["review_task_id"] == task_id_for(
+        "c-revoked",
+        dosing["source"],
+        dosing["id"],
+        TaskCode.REVIEW_PROTOCOL_DEVIATION,
+        "s-1",
+        raised_at=dosed_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    assert uuid.UUID(row["review_task_id"]).version == 8
 
 
 def test_the_report_reads_a_postgresql_store_the_same_way(

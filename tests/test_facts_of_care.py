@@ -307,13 +307,19 @@ def test_a_store_with_unordered_task_ids_verifies_and_its_open_tasks_still_close
         assert done.outcome == "accepted"
         assert done.task is not None and done.task.status == "completed"
         j = Journey(snapshot.client_id, start=acted_at)
-        [result] = service.ingest_batch([j.course_completed()])
-        assert result.outcome in ("accepted", "deviation")
+        reaction = j.adverse_event("severe")  # always opens the prescriber's notification
+        [result, reported] = service.ingest_batch([j.course_completed(), reaction])
+        assert result.outcome in ("accepted", "deviation") and reported.outcome == "accepted"
         after = store.get_client(snapshot.client_id)
         assert after is not None and after.state == "completed"
         assert old[0].id not in after.open_tasks
-        new_ids = [entry for entry in store.history(snapshot.client_id)[-2:]]
-        assert {entry.pathway_version for entry in new_ids} == {"2026.11.5"}
+        new_tasks = set(after.open_tasks) - set(snapshot.open_tasks)
+        assert new_tasks and all(uuid.UUID(task_id).version == 8 for task_id in new_tasks)
+        for task in old:  # each old-id task is still open, or closed in the store
+            stored = store.task(task.id)
+            assert task.id in after.open_tasks or (stored is not None and not stored.is_open)
+        new_entries = store.history(snapshot.client_id)[-3:]
+        assert {entry.pathway_version for entry in new_entries} == {"2026.11.5"}
         assert verify(store).ok
     finally:
         store.close()
@@ -322,20 +328,21 @@ def test_a_store_with_unordered_task_ids_verifies_and_its_open_tasks_still_close
 def test_task_ids_sort_in_the_order_care_happened(clinic: Clinic) -> None:
     j = Journey()
     clinic.send(*j.to_prepared(), *j.dosing("s-1"), j.integration("s-1"))
+    history = clinic.store.history("c-1")
+    happened = {entry.event_id: entry.occurred_at for entry in history}
     tasks = [
-        task
-        for entry in clinic.store.history("c-1")
+        change["task"]
+        for entry in history
         for change in json.loads(entry.outcome)["tasks"]
         if change["change"] == "opened"
-        for task in [change["task"]]
     ]
     assert len(tasks) > 5
     for task in tasks:
         task_id = uuid.UUID(task["id"])
         assert task_id.version == 8 and task_id.variant == uuid.RFC_4122
-        raised = datetime.fromisoformat(task["authored_on"])
+        raised = datetime.fromisoformat(happened[task["focus"]])  # the raising event's time
         assert int.from_bytes(task_id.bytes[:6], "big") == int(raised.timestamp() * 1000)
-    by_time = sorted(tasks, key=lambda task: (task["authored_on"], task["id"]))
+    by_time = sorted(tasks, key=lambda task: (happened[task["focus"]], task["id"]))
     assert by_time == sorted(tasks, key=lambda task: task["id"])
 
 
@@ -351,7 +358,7 @@ def test_a_task_id_is_a_pure_function_of_the_facts_under_every_release() -> None
     assert early[:13] == "019b8d62-7a80"  # 2026-01-05T09:00:00Z is 1,767,603,600,000 ms
     # The same name hashes to the same 74 bits whatever the time.
     again = task_id_for("c-1", "urn:s", "e-1", "bill", raised_at="2030-01-01T00:00:00Z")
-    assert again[-17:] == early[-17:] and again[:13] != early[:13]
+    assert again[15:] == early[15:] and again[:13] != early[:13]  # all but time and version
 
 
 def test_every_release_in_history_is_known_and_old_ones_are_frozen() -> None:

@@ -482,3 +482,27 @@ def test_a_kafka_process_with_a_wrong_setting_stops_with_one_line_naming_it(
     )
     assert unopenable.returncode == 3, unopenable.stderr
     assert f"kapflow {program}: database error" in unopenable.stderr
+
+
+def test_a_relay_started_before_the_broker_waits_and_stops_at_once_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """No broker: the relay says why and retries (it must not exit: the broker may be
+    starting); SIGTERM during its back-off stops it promptly and cleanly."""
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "relay.log"
+    relay = Worker(
+        f"127.0.0.1:{port}", f"sqlite:///{tmp_path / 'k.db'}", Topics(), log, command="relay"
+    ).start()
+    wait_until(
+        lambda: "cannot start publishing to the broker" in log.read_text(), 30, "a retry line"
+    )
+    assert relay.process is not None and relay.process.poll() is None  # still waiting
+    stopping = time.monotonic()
+    assert relay.stop() == 0, log.read_text()
+    assert time.monotonic() - stopping < 5

@@ -19,7 +19,6 @@ _TASK_NAMESPACE = uuid.UUID("6f1c9a3e-2b7d-5c41-9e0a-4b8d2f7e1a55")
 _NAMESPACE_BYTES = _TASK_NAMESPACE.bytes
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
-_MAX_MILLIS = (1 << 48) - 1
 
 OPEN_STATUSES = frozenset({"requested", "in-progress"})
 PRIORITY_ORDER = ("routine", "urgent", "asap", "stat")
@@ -99,25 +98,26 @@ def task_id_for(
     code: str,
     qualifier: str = "",
     *,
-    raised_at: str = "",
+    raised_at: str | None = None,
 ) -> str:
     """The task's id: a name-based UUID (RFC 9562) of the client, the raising event and the code.
 
-    Without `raised_at`: a UUIDv5 (releases up to 2026.11.4). With it (the raising event's
-    time as `iso` writes it; release 2026.11.5 on): a UUIDv8 laid out like a UUIDv7, whose
-    first 48 bits are that time in Unix milliseconds and whose other 74 are the same SHA-1
-    of the name. The id stays a pure function of the facts, and tasks raised later sort
-    later: the store's unique index on task ids then grows at its end, instead of touching a
-    random page of an index as large as the whole history for every task opened.
+    `raised_at` None: a UUIDv5 (releases up to 2026.11.4). A time (the raising event's, as
+    `iso` writes it; release 2026.11.5 on): a UUIDv8 laid out like a UUIDv7, whose first 48
+    bits are that time in Unix milliseconds and whose other 74 are the same SHA-1 of the
+    name. The id stays a pure function of the facts, and tasks raised later sort later: the
+    store's unique index on task ids then grows at its end, instead of touching a random
+    page of an index as large as the whole history for every task opened. A time before
+    1970, or none known (""), takes the prefix 0: still unique by its name, only unordered.
     """
     name = f"{client_id}\x1f{source}\x1f{event_id}\x1f{code}\x1f{qualifier}"
     digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
-    if raised_at:
-        millis = (datetime.fromisoformat(raised_at) - _EPOCH) // _MILLISECOND
-        digest[0:6] = min(max(millis, 0), _MAX_MILLIS).to_bytes(6, "big")
-        digest[6] = (digest[6] & 0x0F) | 0x80
-    else:
+    if raised_at is None:
         digest[6] = (digest[6] & 0x0F) | 0x50
+    else:
+        millis = (datetime.fromisoformat(raised_at) - _EPOCH) // _MILLISECOND if raised_at else 0
+        digest[0:6] = max(millis, 0).to_bytes(6, "big")  # datetime ends in 9999: < 2**48 ms
+        digest[6] = (digest[6] & 0x0F) | 0x80
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -34,17 +35,22 @@ async def relay_until_stopped(
     """Publish the outbox until `stop` is set; wait for the broker if it is not up yet."""
     relay = KafkaOutboxRelay(runtime.store, settings, runtime.relay_lease())
     backoff = 0.5
-    while not stop.is_set():
-        try:
-            await relay.start()
-            break
-        except (KafkaError, OSError) as error:
-            log.warning("broker unavailable (%s); retrying in %.1fs", type(error).__name__, backoff)
-            await relay.stop()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
     try:
-        await relay.run(stop)
+        while not stop.is_set():
+            try:
+                await relay.start()
+            except (KafkaError, OSError) as error:  # down, unreachable, or refusing us
+                log.warning(
+                    "cannot start publishing to the broker (%s); retrying in %.1fs",
+                    type(error).__name__,
+                    backoff,
+                )
+                await relay.stop()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            await relay.run(stop)
     finally:
         await relay.stop()
 

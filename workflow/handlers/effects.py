@@ -70,7 +70,7 @@ class Effects:
                 event_id,
                 code,
                 about or "",
-                raised_at=raised_at if self.release.time_ordered_task_ids else "",
+                raised_at=raised_at if self.release.time_ordered_task_ids else None,
             ),
             status="requested",
             priority=priority,
