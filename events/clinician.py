@@ -56,12 +56,16 @@ class PreparationCompletedData(EventData):
 
 
 class DosingStartedData(EventData):
+    """Version 2 (release 2026.12.1): `appointment_id` names the booked dosing appointment,
+    whose confirmed chaperone R7 asks for. Version 1 had no such field (events/upcasting)."""
+
     clinician_id: Code
     session_id: Code
     pathway: Pathway
     chaperone_confirmed: bool
     abstinence_attested: bool
     modality: Modality
+    appointment_id: Code | None = None
 
 
 class DosingCompletedData(EventData):

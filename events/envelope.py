@@ -10,7 +10,60 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
+
+UNSAFE_CHARACTERS = "UNSAFE_CHARACTERS"
+UNSAFE_CHARACTERS_MESSAGE = "holds a control, bidi, zero-width or other invisible character"
+
+
+def has_unsafe_characters(text: str) -> bool:
+    """Whether `text` holds a character that hides, reorders or controls what a person
+    sees of it: a control (ESC, the record separator), a bidi override or isolate (U+202E,
+    U+2066-2069), a zero-width character or BOM (U+200B, U+FEFF), a line separator, an
+    unassigned or private-use code point. An id with one shows one thing in a log, an
+    export or a screen and is another in the store (SPEC §3: such an id is rejected).
+    `str.isprintable` is exactly this set (plus whitespace other than the space, which no
+    id accepts either), checked in C on the hot path."""
+    return not text.isprintable()
+
+
+# Validation context for reading back an event already recorded: it was accepted then, and
+# a release before this check may have accepted such an id; a recorded fact is read as it
+# was (`Model.model_validate_json(text, context=RECORDED)`).
+RECORDED = {"recorded": True}
+
+
+def _printable(text: str, info: ValidationInfo) -> str:
+    if has_unsafe_characters(text) and not (info.context or {}).get("recorded"):
+        raise PydanticCustomError("unsafe_characters", UNSAFE_CHARACTERS_MESSAGE)
+    return text
+
+
+# A publisher's own identifier or URI-reference (event id, source, dataschema, traceparent):
+# any visible characters, no whitespace. The `Code` tokens below need no such check: their
+# pattern is ASCII letters, digits and separators.
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256, pattern=r"^\S+$"),
+    AfterValidator(_printable),
+]
+UriReference = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$"),
+    AfterValidator(_printable),
+]
+TraceContext = Annotated[
+    str, StringConstraints(max_length=128, pattern=r"^\S+$"), AfterValidator(_printable)
+]
 
 # A code or identifier: letters, digits and a few separators, no whitespace.
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$")]
@@ -33,15 +86,15 @@ class CloudEvent(BaseModel):
     source_name: ClassVar[str] = ""
 
     specversion: Literal["1.0"]
-    id: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^\S+$")]
-    source: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")]
+    id: Identifier
+    source: UriReference
     type: str
     subject: ClientId
     time: AwareDatetime
     datacontenttype: Literal["application/json"] = "application/json"
-    dataschema: Annotated[str, StringConstraints(max_length=512, pattern=r"^\S+$")] | None = None
+    dataschema: UriReference | None = None
     # W3C trace context, carried through for distributed tracing; no payload meaning.
-    traceparent: Annotated[str, StringConstraints(max_length=128, pattern=r"^\S+$")] | None = None
+    traceparent: TraceContext | None = None
     data: EventData
 
     @property
@@ -63,5 +116,8 @@ __all__ = [
     "Code",
     "EventData",
     "Field",
+    "RECORDED",
     "ReasonCode",
+    "UNSAFE_CHARACTERS",
+    "has_unsafe_characters",
 ]

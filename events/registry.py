@@ -13,6 +13,7 @@ or a batch the database refuses, and it gets the same outcome on SQLite and Post
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Iterator
@@ -30,7 +31,12 @@ from pydantic import (
 )
 
 from events.clinician import CLINICIAN_EVENTS
-from events.envelope import CloudEvent
+from events.envelope import (
+    UNSAFE_CHARACTERS,
+    UNSAFE_CHARACTERS_MESSAGE,
+    CloudEvent,
+    has_unsafe_characters,
+)
 from events.operations import OPERATIONS_EVENTS
 from events.prescriber import PRESCRIBER_EVENTS
 from events.scheduling import SCHEDULING_EVENTS
@@ -261,12 +267,40 @@ def parse_event_object(obj: Any) -> CloudEvent | Rejection:
 
 
 def _text_or_none(value: Any) -> str | None:
-    return value[:256] if isinstance(value, str) and value else None
+    # An unsafe identity is not kept: it would reach logs and screens as it is.
+    if not isinstance(value, str) or not value or has_unsafe_characters(value):
+        return None
+    return value[:256]
+
+
+def _unknown_type(value: Any) -> Reason:
+    """UNKNOWN_TYPE, naming the nearest known type when there is one (a typo such as
+    `scheduling.inquiry_recieved`). The message names only a catalogue type, never the
+    input."""
+    message = "unknown event type"
+    if isinstance(value, str) and len(value) <= 128:
+        nearest = difflib.get_close_matches(value, EVENT_TYPES, n=1)
+        if nearest:
+            message += f"; did you mean {nearest[0]}?"
+    return Reason("UNKNOWN_TYPE", message, "type")
+
+
+def _unsafe(item: Any) -> bool:
+    """An error that unsafe characters caused: the identifiers' own check, or a token whose
+    pattern failed on such a character (the input is looked at, never echoed)."""
+    if item["type"] == "unsafe_characters":
+        return True
+    value = item.get("input")
+    return (
+        item["type"] == "string_pattern_mismatch"
+        and isinstance(value, str)
+        and has_unsafe_characters(value)
+    )
 
 
 def _rejection(error: ValidationError, identity: dict[str, Any]) -> Rejection:
     reasons: list[Reason] = []
-    for item in error.errors(include_url=False, include_input=False, include_context=False):
+    for item in error.errors(include_url=False, include_context=False):
         kind = item["type"]
         # The first element of a discriminated-union location is the tag; drop it.
         loc = [str(part) for part in item["loc"]]
@@ -274,7 +308,9 @@ def _rejection(error: ValidationError, identity: dict[str, Any]) -> Rejection:
             loc = loc[1:]
         field = ".".join(loc) or None
         if kind == "union_tag_invalid":
-            reasons.append(Reason("UNKNOWN_TYPE", "unknown event type", "type"))
+            reasons.append(_unknown_type(identity.get("type")))
+        elif _unsafe(item):
+            reasons.append(Reason(UNSAFE_CHARACTERS, UNSAFE_CHARACTERS_MESSAGE, field))
         elif kind == "union_tag_not_found":
             reasons.append(Reason("SCHEMA", "field required", "type"))
         elif kind == "json_invalid":

@@ -20,6 +20,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from workflow.timers import CLOCK_SOURCE
+
+# A CloudEvents `source` (a URI-reference): visible ASCII, no space, as long as an event's.
+_SOURCE = re.compile(r"^[!-~]{1,512}$")
 _BOOTSTRAP = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
 
 
@@ -67,6 +71,12 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     store_retry_max_seconds: float = Field(default=30.0, gt=0, le=600)
     clock_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # The CloudEvents sources the input topic accepts, comma-separated (KAPFLOW_KAFKA_SOURCES);
+    # empty: any. Who may write the topic at all is the broker's ACLs (the production
+    # control: Kafka authenticates the producer, kapflow cannot); this narrows what a
+    # writer may claim, as an API key does over HTTP. A record under another source is
+    # dead-lettered (`SOURCE_NOT_ALLOWED`), never recorded (service/identity.py).
+    kafka_sources: str = ""
 
     @field_validator("kafka")
     @classmethod
@@ -74,6 +84,14 @@ class KafkaSettings(BaseSettings):
         if not _BOOTSTRAP.match(value):
             raise ValueError("must be HOST:PORT[,HOST:PORT…]")
         return value
+
+    @field_validator("kafka_sources")
+    @classmethod
+    def _source_list(cls, value: str) -> str:
+        sources = [source.strip() for source in value.split(",") if source.strip()]
+        if not all(_SOURCE.match(source) for source in sources):
+            raise ValueError("must be CloudEvents source URIs, comma-separated")
+        return ",".join(sources)
 
     @field_validator("db")
     @classmethod
@@ -94,6 +112,14 @@ class KafkaSettings(BaseSettings):
         if self.heartbeat_interval_seconds >= self.session_timeout_seconds:
             raise ValueError("heartbeat_interval_seconds must be below session_timeout_seconds")
         return self
+
+    @property
+    def allowed_sources(self) -> frozenset[str]:
+        """The sources the input topic accepts; empty: any. When it is restricted,
+        kapflow's own clock is allowed too: the workers publish its deadline events to
+        the same topic."""
+        listed = frozenset(source for source in self.kafka_sources.split(",") if source)
+        return listed | {CLOCK_SOURCE} if listed else frozenset()
 
     @property
     def topics(self) -> dict[str, str]:
@@ -157,4 +183,42 @@ def load_kafka_settings(config_file: str | None = None, **overrides: object) -> 
     except ValidationError as error:
         first = error.errors(include_input=False)[0]
         name = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise SettingsError(f"invalid setting {name}: {first['msg']}") from error
+
+
+class StreamSettings(BaseSettings):
+    """Limits of the live stream `GET /v1/stream` (`kapflow serve`), from `KAPFLOW_STREAM_*`.
+
+    Why limits at all: every open stream holds a connection, a place in the key-revocation
+    watch and, while it replays the backlog, a page of rows; one key (a leaked one, a
+    dashboard stuck reconnecting) must not be able to take the server's memory or CPU.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KAPFLOW_STREAM_", extra="forbid")
+
+    # Concurrent streams per API key; the next one gets 429 with Retry-After.
+    max_per_key: int = Field(default=4, ge=1, le=1000)
+    # Outbox rows read (and rendered) per page of a backlog replay: the most one stream
+    # holds in memory at a time, beside what the socket buffers.
+    page_rows: int = Field(default=100, ge=1, le=5000)
+    # Threads (hence SQLite connections, each with its own page cache) for backlog reads:
+    # many replays share them instead of each taking a thread of the default pool.
+    backlog_readers: int = Field(default=2, ge=1, le=32)
+    # Lifetime of a stream ticket (`POST /v1/stream/ticket`): single use, within seconds.
+    ticket_seconds: float = Field(default=30.0, gt=0, le=300)
+    # How often open streams are checked against the keys in force (revoked, expired,
+    # removed): a stream outlives its key by at most about this long.
+    key_check_seconds: float = Field(default=0.25, gt=0, le=10)
+    # Deprecated: the key itself as `?access_token=` (it lands in proxy logs and browser
+    # history). Kept for existing EventSource clients; set false to refuse it.
+    allow_query_key: bool = True
+
+
+def load_stream_settings() -> StreamSettings:
+    """Stream limits from the environment; one clear line naming a wrong setting."""
+    try:
+        return StreamSettings()
+    except ValidationError as error:
+        first = error.errors(include_input=False)[0]
+        name = "KAPFLOW_STREAM_" + ".".join(str(part) for part in first["loc"]).upper()
         raise SettingsError(f"invalid setting {name}: {first['msg']}") from error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,25 @@ def test_the_manifests_create_every_topic_kapflow_publishes_to() -> None:
     created = compose["services"]["kafka-topics"]["command"][0]
     assert all(topic in created for topic in TOPICS)
     assert compose["x-kapflow-env"]["KAPFLOW_DEVIATIONS_TOPIC"] == "kapflow.deviations"
+
+
+def test_the_tls_proxy_terminates_https_in_front_of_the_api_and_logs_no_paths() -> None:
+    overlay = yaml.safe_load((DEPLOY / "compose.tls.yaml").read_text())
+    proxy = overlay["services"]["tls-proxy"]
+    assert proxy["ports"] == ["443:443"] and proxy["depends_on"] == ["api"]
+    mounted = {volume.split(":")[0].removeprefix("./") for volume in proxy["volumes"]}
+    assert "tls-proxy/nginx.conf" in mounted and (DEPLOY / "tls-proxy/nginx.conf").is_file()
+    conf = (DEPLOY / "tls-proxy/nginx.conf").read_text()
+    lines = [line.split("#")[0].strip() for line in conf.splitlines()]
+    code = "\n".join(line for line in lines if line)
+    assert code.count("{") == code.count("}")
+    assert "listen 443 ssl;" in code and "listen 80" not in code  # no plain HTTP at all
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in code
+    assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in code
+    assert "server api:8000;" in code and "proxy_set_header X-Forwarded-Proto https;" in code
+    # Paths hold client ids and /v1/stream?access_token= an API key: never logged.
+    log_format = code[code.index("log_format") : code.index(";", code.index("log_format"))]
+    assert not re.search(r"\$(request|request_uri|uri|args|arg_\w+|query_string)\b", log_format)
+    # The API itself is published on this host's loopback only.
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert compose["services"]["api"]["ports"] == ["127.0.0.1:8000:8000"]

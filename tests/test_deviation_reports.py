@@ -257,7 +257,12 @@ def test_a_revocation_dated_before_a_dosing_but_delivered_after_it_reveals_a_dev
         "accepted",
     ]
     [row] = deviations(sqlite_url)
-    assert (row["event_id"], row["rules"], row["status"]) == (dosing["id"], ["R5"], "open")
+    # Revoked before the dosing: no clearance in force (R5), and the client was on hold.
+    assert (row["event_id"], row["rules"], row["status"]) == (
+        dosing["id"],
+        ["R5", "ON_HOLD"],
+        "open",
+    )
     assert row["revealed_by_event_id"] == revocation["id"]
     # The review is raised by the dosing, though the revocation revealed it: its id begins
     # with the dosing's time and is the one it would have had if opened at the dosing.

@@ -319,7 +319,7 @@ def test_a_store_with_unordered_task_ids_verifies_and_its_open_tasks_still_close
             stored = store.task(task.id)
             assert task.id in after.open_tasks or (stored is not None and not stored.is_open)
         new_entries = store.history(snapshot.client_id)[-3:]
-        assert {entry.pathway_version for entry in new_entries} == {"2026.11.5"}
+        assert {entry.pathway_version for entry in new_entries} == {CURRENT_RELEASE.version}
         assert verify(store).ok
     finally:
         store.close()
@@ -368,7 +368,9 @@ def test_every_release_in_history_is_known_and_old_ones_are_frozen() -> None:
     assert RELEASES["2026.11.4"].records_deviations is True
     assert RELEASES["2026.11.4"].time_ordered_task_ids is False
     assert RELEASES["2026.11.5"].time_ordered_task_ids is True
-    assert list(RELEASES)[-1] == CURRENT_RELEASE.version == "2026.11.5"
+    assert RELEASES["2026.11.5"].derives_from_facts is False
+    assert RELEASES["2026.12.1"].derives_from_facts is True
+    assert list(RELEASES)[-1] == CURRENT_RELEASE.version == "2026.12.1"
     assert list(itertools.islice(RELEASES, 1)) == ["2026.11.3"]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from builders import JOURNEY, Journey
+from builders import JOURNEY, SCHEDULING, Journey
 from fhir.resources.bundle import Bundle
 
 from kapflow.entrypoints.http.context import HttpSettings
@@ -43,7 +43,9 @@ class Service:
 
 def start_service(db: str, **options: Any) -> tuple[ServiceThread, dict[str, str]]:
     made = {
-        role: create_key(role, f"{role}-key", ["scheduling"] if role == "publisher" else [])
+        role: create_key(role, f"{role}-key", ["scheduling"], sources=[SCHEDULING])
+        if role == "publisher"
+        else create_key(role, f"{role}-key")
         for role in ROLES
     }
     options = {"poll_interval": 0.2, "keepalive": 1.0, **options}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from builders import Journey
+from builders import JOURNEY, SCHEDULING, Journey
 from test_http_api import Service, start_service
 
 from kapflow.entrypoints.http.context import HttpSettings
@@ -175,7 +175,7 @@ def test_insecure_dev_says_so_on_every_response_and_names_itself_in_the_access_l
 
 
 def test_keys_load_from_json_toml_and_the_environment(tmp_path: Path) -> None:
-    publisher = create_key("publisher", "sched", ["scheduling"])
+    publisher = create_key("publisher", "sched", ["scheduling"], sources=[SCHEDULING])
     auditor = create_key("auditor", "audit-team")
     json_file = tmp_path / "keys.json"
     json_file.write_text(json.dumps({"keys": [publisher.key.as_entry(), auditor.key.as_entry()]}))
@@ -222,6 +222,8 @@ def test_keys_create_prints_the_secret_once_and_the_hash_line(tmp_path: Path) ->
             "jc",
             "--prefix",
             "prescriber",
+            "--source",
+            JOURNEY,
         ],
         capture_output=True,
         text=True,
@@ -231,11 +233,13 @@ def test_keys_create_prints_the_secret_once_and_the_hash_line(tmp_path: Path) ->
     secret = next(line for line in lines if line.startswith("kfk_"))
     entry = json.loads(next(line for line in lines if line.startswith("{")))
     assert entry["role"] == "publisher" and entry["prefixes"] == ["prescriber"]
+    assert entry["sources"] == [JOURNEY]
     assert secret not in json.dumps(entry)
     ring = load_keys(None, json.dumps([entry]))
     key = ring.authenticate(secret)
     assert key is not None and key.may_publish_type("prescriber.evaluation_completed")
     assert not key.may_publish_type("prescribers.other")
+    assert key.may_publish_source(JOURNEY) and not key.may_publish_source(SCHEDULING)
 
 
 def test_serve_refuses_to_start_without_keys_or_with_insecure_dev_off_loopback(

@@ -80,6 +80,11 @@ def kpi(page: Any, name: str) -> int:
     return int((page.text_content(f"#kpi-{name}") or "0").replace(",", ""))
 
 
+NOT_A_HOLDS_TASK = (
+    '#queue tbody tr:not([data-code="renew-low-dose-subscription"]):not([data-code="review-hold"])'
+)
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_staff_complete_a_task_from_the_queue_and_see_counts_and_stream_change(
@@ -93,7 +98,8 @@ def test_staff_complete_a_task_from_the_queue_and_see_counts_and_stream_change(
         assert "overdue" in (row.text_content() or "")
 
     open_before = kpi(page, "open")
-    row = page.locator("#queue tbody tr").first
+    # Not a hold's own task: while the hold stands, closing it queues the next one at once.
+    row = page.locator(NOT_A_HOLDS_TASK).first
     task_id, code = row.get_attribute("data-task"), row.get_attribute("data-code")
     client = row.locator("a.client").text_content()
     # Keyboard: focus the button and press Enter.
@@ -105,7 +111,7 @@ def test_staff_complete_a_task_from_the_queue_and_see_counts_and_stream_change(
     expect(page.locator("#kpi-open")).to_have_text(str(open_before - 1), timeout=10_000)
 
     # Cancelling needs a reason code, chosen with the keyboard in the "More" disclosure.
-    task_id = page.locator("#queue tbody tr").first.get_attribute("data-task")
+    task_id = page.locator(NOT_A_HOLDS_TASK).first.get_attribute("data-task")
     row = page.locator(f'#queue tr[data-task="{task_id}"]')
     row.locator("summary").focus()
     page.keyboard.press("Enter")

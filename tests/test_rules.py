@@ -265,13 +265,16 @@ def test_an_integration_of_a_dosing_not_yet_heard_of_is_parked(clinic: Clinic) -
     assert (result.outcome, codes(result)) == ("parked", ["SESSION_NOT_STARTED"])
 
 
-def test_completing_a_session_never_started_while_another_runs_is_rejected(
+def test_completing_a_session_not_started_while_another_runs_waits_for_its_start(
     clinic: Clinic,
 ) -> None:
+    """Publishers cannot order their messages (2026.12.1): the start of s-2 may still be on
+    its way, so its end waits for it rather than being refused; past the parking window it
+    is recorded as a deviation for a person (never a silent loss of its R11/R12 duties)."""
     j = Journey()
     clinic.send(*j.to_prepared(), j.dosing_started("s-1"))
     result = clinic.last(j.dosing_completed("s-2"))
-    assert (result.outcome, codes(result)) == ("rejected", ["SESSION_MISMATCH"])
+    assert (result.outcome, codes(result)) == ("parked", ["SESSION_NOT_STARTED"])
 
 
 def test_course_cannot_close_while_integration_is_owed(clinic: Clinic) -> None:

@@ -62,6 +62,13 @@ class ClientSnapshot:
     dosings: list[dict[str, Any]] = field(default_factory=list)
     hold_since: str | None = None  # time the current hold began
     exited_at: str | None = None  # time of withdrawal, completion or ineligibility
+    # Booked appointments (release 2026.12.1 on), by appointment id: {"kind", "starts_at",
+    # "booked_at", "status" (booked, cancelled, no_show, used), "chaperone_at" (time the
+    # chaperone was confirmed for it, or None)}. Replaced whole, never changed in place.
+    appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The latest recorded fact's place in event-time order (workflow/derivation.fact_key:
+    # time, type rank, source, id), from release 2026.12.1: a fact before it is late.
+    latest_fact: list[Any] | None = None
 
     @property
     def doses_remaining(self) -> int | None:
@@ -88,6 +95,33 @@ class ClientSnapshot:
         snapshot.chaperones_confirmed = list(self.chaperones_confirmed)
         snapshot.open_tasks = dict(self.open_tasks)
         return snapshot
+
+    def dosing_appointment(self, at: str) -> tuple[str, dict[str, Any]] | None:
+        """The booked dosing appointment a dosing at `at` takes up: booked by then, not
+        cancelled, missed or used, the earliest to start (R7 is judged for that one)."""
+        booked = [
+            (appointment["starts_at"], appointment_id, appointment)
+            for appointment_id, appointment in self.appointments.items()
+            if appointment["kind"] == "dosing"
+            and appointment["status"] == "booked"
+            and appointment["booked_at"] <= at
+        ]
+        if not booked:
+            return None
+        _, appointment_id, appointment = min(booked, key=lambda item: (item[0], item[1]))
+        return appointment_id, appointment
+
+    def next_appointment(self, at: str) -> dict[str, Any] | None:
+        """The next booked appointment starting at or after `at`, with its id."""
+        upcoming = sorted(
+            (appointment["starts_at"], appointment_id)
+            for appointment_id, appointment in self.appointments.items()
+            if appointment["status"] == "booked" and appointment["starts_at"] >= at
+        )
+        if not upcoming:
+            return None
+        appointment_id = upcoming[0][1]
+        return {"appointment_id": appointment_id, **self.appointments[appointment_id]}
 
     def dosing(self, session: str) -> dict[str, Any] | None:
         return next((d for d in self.dosings if d["session"] == session), None)

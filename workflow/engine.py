@@ -20,6 +20,7 @@ from events.registry import Reason
 from workflow.client import ClientSnapshot
 from workflow.deviations import LATE_FACTS, open_deviation_review, rejudge_dosings, to_timeline
 from workflow.handlers import HANDLERS, Effects, TaskEffect
+from workflow.handlers.holds import queue_the_hold
 from workflow.policy import DEFAULT_POLICY, CarePolicy
 from workflow.releases import CURRENT_RELEASE, PathwayRelease
 from workflow.states.compiled import (
@@ -52,6 +53,10 @@ class Outcome:
     pathway_version: str = CURRENT_RELEASE.version
     # Earlier deviations this fact resolved or revealed (a late fact re-judges them).
     rejudged: tuple[dict[str, object], ...] = ()
+    # A late fact: how many later facts were applied again after it (workflow/derivation),
+    # and the ids of those whose effect is now pending (no longer possible at their time).
+    rederived: int = 0
+    pending: tuple[str, ...] = ()
 
     @property
     def recorded(self) -> bool:
@@ -70,6 +75,10 @@ class Outcome:
             record["deviations"] = [reason.as_dict() for reason in self.reasons]
         if self.rejudged:
             record["rejudged"] = list(self.rejudged)
+        if self.rederived:
+            record["rederived"] = self.rederived
+        if self.pending:
+            record["pending"] = list(self.pending)
         return record
 
 
@@ -123,6 +132,27 @@ def select_transition(
     return None, ()
 
 
+# Facts of the main line that move where a hold returns to, judged as from that state.
+_ADVANCES_A_HOLD = frozenset({"complete_evaluation", "complete_preparation"})
+
+
+def _held_through(
+    client: ClientSnapshot, trigger: str, release: PathwayRelease
+) -> ClientSnapshot | None:
+    """On hold, a fact the hold has no transition for (an assessment, a clearance) is judged
+    from the state the hold will return to (2026.12.1 on: facts fold in event-time order,
+    so a hold must not turn a fact of care into one that waits forever)."""
+    if client.state != "on_hold" or not release.derives_from_facts or client.held_from is None:
+        return None
+    if (client.held_from, trigger) not in TRANSITIONS:
+        return None
+    if ("on_hold", trigger) in TRANSITIONS and trigger not in _ADVANCES_A_HOLD:
+        return None
+    as_held = client.copy()
+    as_held.state = client.held_from
+    return as_held
+
+
 def apply(
     client: ClientSnapshot,
     event: CloudEvent,
@@ -137,13 +167,15 @@ def apply(
         client = to_timeline(client)
     trigger = TRIGGERS[event.type]
     at = iso(event.time)
-    ctx = RuleContext(client, event, policy, release, at)
+    held = _held_through(client, trigger, release)
+    ctx = RuleContext(held or client, event, policy, release, at)
+    forced = False  # recorded although still premature: its parking window ended
     try:
         chosen, broken = select_transition(ctx, trigger)
     except NotYetKnown as unknown:
         if not expired:
             return _refused(client, PARKED, unknown.reasons)
-        chosen, broken = None, unknown.reasons
+        chosen, broken, forced = None, unknown.reasons, True
     except RuleViolation as violation:
         return _refused(client, REJECTED, violation.reasons)
     target = chosen.target if chosen is not None else None
@@ -157,8 +189,10 @@ def apply(
                 "ILLEGAL_TRANSITION", f"{event.type} is not allowed in state {client.state}"
             )
             return _refused(client, REJECTED, (reason,))
-        target = forced_target(ctx, trigger)
-    if expired:
+        target, forced = forced_target(ctx, trigger), True
+    # Folding facts in event-time order, a fact once recorded on expiry is premature no more
+    # when what it waited for arrives later: only a fact still premature is flagged.
+    if expired and (forced or not release.derives_from_facts):
         hours = int(policy.parking_window.total_seconds() // 3600)
         broken = (
             Reason(EXPIRED, f"still premature {hours} h after it happened"),
@@ -178,9 +212,13 @@ def apply(
         after.held_from = client.state
     elif client.state == "on_hold" and target != "on_hold":
         after.held_from = None
+    if held is not None:
+        # A fact of the pathway during a hold: the hold stays, and its release returns the
+        # client to where that fact took them (the handlers see that target).
+        after.state, after.held_from = "on_hold", target
     effects = Effects(
         event=event,
-        before=client,
+        before=held or client,
         after=after,
         policy=policy,
         target=target,
@@ -190,6 +228,10 @@ def apply(
     HANDLERS[event.type](effects)
     if broken:
         open_deviation_review(effects, broken)
+    if release.queues_every_hold:
+        queue_the_hold(effects)
+    # A fact older than the client's facts under a release before 2026.12.1 (which folds
+    # facts in event-time order instead, workflow/derivation.py) re-judges later dosings.
     rejudged = rejudge_dosings(effects) if event.type in LATE_FACTS and after.timeline else ()
     after.seq = client.seq + 1
     after.last_event_time = effects.at
@@ -200,7 +242,7 @@ def apply(
         broken,
         after,
         client.state,
-        target,
+        after.state,
         tuple(effects.task_changes),
         release.version,
         rejudged,

@@ -31,6 +31,15 @@ class PathwayRelease:
     # A task id begins with the raising event's time (`workflow.tasks.task_id_for`), so ids
     # sort in the order care happened. Before this, ids were UUIDv5, in no order.
     time_ordered_task_ids: bool
+    # The client is a function of its facts in event-time order (workflow/derivation.py):
+    # a fact that arrives late is folded in at its own time and the client re-derived, so
+    # arrival order never matters. Before this, late facts re-judged only R5, R6, R8, R9.
+    derives_from_facts: bool = False
+    # R7 per dosing: a chaperone confirmation counts for the booked dosing appointment it
+    # names, and a dosing uses its appointment up. Before this, any confirmation counted.
+    chaperone_per_dosing: bool = False
+    # Every client on hold has an open staff task naming who resolves the hold.
+    queues_every_hold: bool = False
 
 
 RELEASE_2026_11_3 = PathwayRelease(
@@ -58,11 +67,23 @@ RELEASE_2026_11_5 = PathwayRelease(
     time_ordered_task_ids=True,
 )
 
+RELEASE_2026_12_1 = PathwayRelease(
+    "2026.12.1",
+    records_deviations=True,
+    judges_at_event_time=True,
+    keeps_duties_on_exit=True,
+    renewal_cures_subscription_hold=True,
+    time_ordered_task_ids=True,
+    derives_from_facts=True,
+    chaperone_per_dosing=True,
+    queues_every_hold=True,
+)
+
 RELEASES: dict[str, PathwayRelease] = {
     release.version: release
-    for release in (RELEASE_2026_11_3, RELEASE_2026_11_4, RELEASE_2026_11_5)
+    for release in (RELEASE_2026_11_3, RELEASE_2026_11_4, RELEASE_2026_11_5, RELEASE_2026_12_1)
 }
-CURRENT_RELEASE = RELEASE_2026_11_5
+CURRENT_RELEASE = RELEASE_2026_12_1
 PATHWAY_VERSION = CURRENT_RELEASE.version
 
 

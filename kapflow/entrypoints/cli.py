@@ -639,9 +639,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     if args.keys_command in ("revoke", "list"):
         return _keys_revoke(args) if args.keys_command == "revoke" else _keys_list(args)
+    if args.role == "publisher" and not args.source:
+        # (`source`, `id`) is an event's identity (SPEC §3): a publisher posts only under
+        # the sources its key names, so a new one must name them.
+        raise CommandError(
+            "a publisher key needs at least one --source: the CloudEvents source URI its"
+            " system posts under, e.g. --source urn:qmts:scheduling"
+        )
     expires = _now_default() + args.expires if args.expires else None
     try:
-        new = create_key(args.role, args.name, args.prefix, expires)
+        new = create_key(args.role, args.name, args.prefix, expires, args.source)
         if args.keys_file:
             add_key(args.keys_file, new)
     except KeyConfigError as error:
@@ -698,9 +705,12 @@ def _keys_list(args: argparse.Namespace) -> int:
         _print_json(rows)
         return 0
     for row in rows:
+        # A publisher entry from before keys named sources may publish nothing: say so.
+        sources = ",".join(row.get("sources", [])) or "none (publishes nothing)"
         print(
             f"{row['name']:<24} {row['role']:<10} {row['status']:<8}"
             f" expires {row.get('expires') or '-':<20} last used {row['last_used'] or 'never'}"
+            + (f" sources {sources}" if row["role"] == "publisher" else "")
         )
     print(f"{len(rows)} key(s) in {args.keys_file}")
     return 0
@@ -904,6 +914,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("serve", cmd_serve, "HTTP service and operations dashboard")
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS: PEM certificate (chain)")
+    sub.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     sub.add_argument("--insecure-dev", action="store_true", help="no API keys (development only)")
     sub.add_argument(
         "--keys-file", help="API keys file (or KAPFLOW_API_KEYS); reloaded on change and SIGHUP"
@@ -955,6 +967,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="publisher only: an event-type prefix it may post, e.g. scheduling (repeatable)",
+    )
+    create.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="publisher only, required: a CloudEvents source URI it may post under,"
+        " e.g. urn:qmts:scheduling (repeatable)",
     )
     create.add_argument("--json", action="store_true", help="print the secret and entry as JSON")
     create.add_argument(

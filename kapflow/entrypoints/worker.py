@@ -25,11 +25,13 @@ import faust
 import orjson
 from aiokafka.partitioner import murmur2
 from faust.types import EventT
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from events.kafka_binding import from_kafka_record
 from kapflow.bootstrap import Runtime
 from kapflow.entrypoints.kafka_start import open_kafka_runtime
 from kapflow.publishers.kafka import KafkaOutboxRelay
+from kapflow.service.identity import dead_letter_refused, split_by_source
 from kapflow.service.ingest import IngestResult, IngestService, RawInput, utc_now
 from kapflow.service.isolation import ingest_isolating
 from kapflow.settings import KafkaSettings
@@ -72,22 +74,37 @@ async def ingest_until_recorded(
     Returning is what lets faust ack (and so commit) these offsets; giving up would lose
     events, so a store outage (`StoreError`) pauses the partitions instead. An input the
     store or the engine fails on is not an outage: it is dead-lettered alone and the rest
-    recorded (service/isolation), so it can never stall its partitions.
+    recorded (service/isolation), so it can never stall its partitions. Nor can a record
+    under a source the topic does not accept (`KAPFLOW_KAFKA_SOURCES`): it is dead-lettered
+    and never recorded (service/identity).
     """
-    delay = 0.2
-    while True:
-        try:
-            await asyncio.to_thread(ingest_isolating, service, inputs)
-            return
-        except StoreError as error:
-            log.warning(
-                "store unavailable (%s); retrying batch of %d in %.1fs",
-                type(error).__name__,
-                len(inputs),
-                delay,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.store_retry_max_seconds)
+    admitted, refused = split_by_source(inputs, settings.allowed_sources)
+
+    async def record() -> None:
+        nonlocal refused
+        if refused:
+            await asyncio.to_thread(dead_letter_refused, service.store, service.clock, refused)
+            refused = []
+        if admitted:
+            await asyncio.to_thread(ingest_isolating, service, admitted)
+
+    def log_outage(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "store unavailable (%s); retrying batch of %d in %.1fs",
+            type(error).__name__,
+            len(inputs),
+            state.next_action.sleep if state.next_action else 0.0,
+        )
+
+    # No stop: only a recorded batch may be acked; a shutdown cancels the wait instead.
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(StoreError),
+        wait=wait_exponential(multiplier=0.2, max=settings.store_retry_max_seconds),
+        before_sleep=log_outage,
+        reraise=True,
+    )
+    await retrying(record)
 
 
 def partition_owner(app: faust.App, topic: str) -> Callable[[str], bool] | None:

@@ -21,12 +21,14 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from kapflow.publishers.lease import Lease
 from kapflow.service.ingest import utc_now
@@ -37,7 +39,9 @@ from workflow.tasks import iso
 
 log = logging.getLogger("kapflow.relay")
 
-# The longest wait between two attempts while the broker or the database is away.
+# The first and the longest wait between two passes while the broker or the database is
+# away.
+FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
 # Bytes of records sent to one partition in one batch: well under the 1 MiB a stock Apache
 # Kafka broker accepts (message.max.bytes), large enough that a pass is a few requests.
@@ -152,38 +156,62 @@ class KafkaOutboxRelay:
         """Publish until `stop` is set; survive broker and database outages.
 
         A failed pass (broker away, database restarting or locked) is retried after a
-        back-off that doubles up to MAX_BACKOFF_S, so the relay resumes within seconds of
-        the outage ending; one warning per failed pass names the error class, one line
-        says when it resumed. Rows of a failed pass stay unpublished and go out again.
+        back-off that doubles from FIRST_BACKOFF_S up to MAX_BACKOFF_S, so the relay resumes
+        within seconds of the outage ending; one warning per failed pass names the error
+        class, one line says when it resumed. Rows of a failed pass stay unpublished and go
+        out again. A back-off ends at once when `stop` is set.
         """
-        backoff = 0.5
-        failures = 0
+        passes = AsyncRetrying(
+            # Any error: the relay must outlive a bad pass (never a cancellation).
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=FIRST_BACKOFF_S, max=MAX_BACKOFF_S),
+            stop=lambda _state: stop.is_set(),
+            sleep=partial(_sleep_unless, stop),
+            before_sleep=_log_paused,
+            reraise=True,
+        )
         while not stop.is_set():
-            if not await asyncio.to_thread(self.lease.acquire):
+            try:
+                published: int | None = await passes(self._pass, stop)
+            except Exception:  # noqa: BLE001 - failed as `stop` was set: it is stopping
+                return
+            if stop.is_set():
+                return
+            failures = passes.statistics.get("attempt_number", 1) - 1
+            if failures:
+                log.warning("outbox relay resumed after %d failed passes", failures)
+            if published is None:
                 # Another worker publishes; stand by to take over if it goes away.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.relay_idle_seconds * 4)
-                continue
-            try:
-                published = await self.publish_pending()
-                await asyncio.to_thread(self._prune.run_if_due, self.store, utc_now())
-            except Exception as error:  # noqa: BLE001 - the relay must outlive a bad pass
-                expected = isinstance(error, KafkaError | StoreError | OSError)
-                failures += 1
-                log.warning(
-                    "outbox relay paused (%s%s); retry %d in %.1fs",
-                    type(error).__name__,
-                    "" if expected else ", unexpected",
-                    failures,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            if failures:
-                log.warning("outbox relay resumed after %d failed passes", failures)
-                failures, backoff = 0, 0.5
-            if published == 0:
+            elif published == 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.relay_idle_seconds)
+
+    async def _pass(self, stop: asyncio.Event) -> int | None:
+        """One pass: the rows published, or None while another relay holds the lease."""
+        if stop.is_set():  # woken from a back-off to stop
+            return 0
+        if not await asyncio.to_thread(self.lease.acquire):
+            return None
+        published = await self.publish_pending()
+        await asyncio.to_thread(self._prune.run_if_due, self.store, utc_now())
+        return published
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def _log_paused(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    expected = isinstance(error, KafkaError | StoreError | OSError)
+    log.warning(
+        "outbox relay paused (%s%s); retry %d in %.1fs",
+        type(error).__name__,
+        "" if expected else ", unexpected",
+        state.attempt_number,
+        state.next_action.sleep if state.next_action else 0.0,
+    )

@@ -10,7 +10,8 @@ machine-generated, not passwords: there is no dictionary to try. Checking a pres
 compares its digest with every configured digest in constant time, so timing tells nothing
 about which key, or how much of one, matched.
 
-Roles (SPEC §7 users): `publisher` posts events of its own type prefixes only; `dashboard`
+Roles (SPEC §7 users): `publisher` posts events of its own type prefixes, under its own
+sources, only (see `ApiKey.may_publish_source`); `dashboard`
 reads what an operations screen shows (states, counts, tasks, the live stream, FHIR tasks)
 but no event payloads; `operations` (the clinic's staff) reads the same plus a client's
 history and replay (to look a client up; both recorded in the access log) and acts on the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import tomllib
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("kapflow.keys")
 
 
 class Role:
@@ -111,7 +115,13 @@ ROLES_WITH: dict[str, tuple[str, ...]] = {
 # An event-type prefix: `scheduling` allows `scheduling.*`; `clinician.dosing_started` one type.
 _PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+# A CloudEvents `source` (a URI-reference): visible ASCII, no space, as long as an event's.
+_SOURCE = re.compile(r"^[!-~]{1,512}$")
+# kapflow's own sources (its clock, its staff's task actions, its outputs): it records
+# those events itself, so no publisher key may claim them.
+_KAPFLOW_SOURCES = "urn:kapflow"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_FIELDS = frozenset({"name", "role", "prefixes", "sources", "sha256", "expires", "revoked"})
 SECRET_PREFIX = "kfk_"
 
 
@@ -127,7 +137,7 @@ def digest_of(secret: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     """A configured key: who (`name`, recorded in the access log), its role, and for a
-    publisher the event-type prefixes it may post."""
+    publisher the event-type prefixes it may post and the sources it may post under."""
 
     name: str
     role: str
@@ -135,6 +145,7 @@ class ApiKey:
     prefixes: tuple[str, ...] = ()
     expires: str | None = None  # RFC 3339 (UTC, `Z`): refused from this instant on
     revoked: str | None = None  # when `kapflow keys revoke` withdrew it: refused at once
+    sources: tuple[str, ...] = ()  # CloudEvents `source` URIs, compared exactly
 
     def refusal(self, now: datetime) -> str | None:
         """Why this key is no longer honoured at `now` (revoked, expired), or None."""
@@ -157,10 +168,24 @@ class ApiKey:
             event_type == prefix or event_type.startswith(prefix + ".") for prefix in self.prefixes
         )
 
+    def may_publish_source(self, source: str) -> bool:
+        """Admins publish under any source; a publisher only under one its entry names.
+
+        (`source`, `id`) is an event's identity (SPEC §3): a key that could post under
+        another system's source could take the ids that system will use. A publisher entry
+        written before keys named sources names none, and so publishes nothing until a
+        `sources` list is added to it: the safe reading of a key that does not say.
+        """
+        if self.role == Role.ADMIN:
+            return True
+        return self.role == Role.PUBLISHER and source in self.sources
+
     def as_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "role": self.role}
         if self.prefixes:
             entry["prefixes"] = list(self.prefixes)
+        if self.sources:
+            entry["sources"] = list(self.sources)
         entry["sha256"] = self.digest
         if self.expires is not None:
             entry["expires"] = self.expires
@@ -198,7 +223,7 @@ class KeyRing:
 def _parse_entry(raw: Any, where: str) -> ApiKey:
     if not isinstance(raw, Mapping):
         raise KeyConfigError(f"{where}: each key must be an object/table")
-    unknown = sorted(set(raw) - {"name", "role", "prefixes", "sha256", "expires", "revoked"})
+    unknown = sorted(set(raw) - _FIELDS)
     if unknown:
         raise KeyConfigError(f"{where}: unknown fields {', '.join(unknown)}")
     name, role, digest = raw.get("name"), raw.get("role"), raw.get("sha256")
@@ -222,10 +247,35 @@ def _parse_entry(raw: Any, where: str) -> ApiKey:
         raise KeyConfigError(f"{where}: a publisher key needs at least one prefix")
     if role != Role.PUBLISHER and prefixes:
         raise KeyConfigError(f"{where}: only publisher keys take prefixes")
+    sources = _entry_sources(raw.get("sources", []), where)
+    if role != Role.PUBLISHER and sources:
+        raise KeyConfigError(f"{where}: only publisher keys take sources")
     expires, revoked = (
         _entry_time(raw.get(field), where, field) for field in ("expires", "revoked")
     )
-    return ApiKey(name, role, digest, tuple(prefixes), expires, revoked)
+    return ApiKey(name, role, digest, tuple(prefixes), expires, revoked, sources)
+
+
+def _entry_sources(value: Any, where: str) -> tuple[str, ...]:
+    """The `sources` of an entry: CloudEvents source URIs, none of them kapflow's own."""
+    sources = [value] if isinstance(value, str) else value
+    if not isinstance(sources, list) or not all(
+        isinstance(s, str) and _SOURCE.match(s) for s in sources
+    ):
+        raise KeyConfigError(
+            f"{where}: `sources` must be CloudEvents source URIs like `urn:qmts:scheduling`"
+        )
+    own = [
+        s
+        for s in sources
+        if s.lower() == _KAPFLOW_SOURCES or s.lower().startswith(_KAPFLOW_SOURCES + ":")
+    ]
+    if own:
+        raise KeyConfigError(
+            f"{where}: `{own[0]}` is kapflow's own source (its clock, task actions and"
+            " outputs are recorded by kapflow itself); no publisher key may claim it"
+        )
+    return tuple(dict.fromkeys(sources))
 
 
 def _utc_text(moment: datetime) -> str:
@@ -252,7 +302,16 @@ def parse_keys(document: Any, origin: str) -> KeyRing:
     entries = document.get("keys") if isinstance(document, Mapping) else document
     if not isinstance(entries, list):
         raise KeyConfigError(f"{origin}: expected a `keys` list")
-    return KeyRing(_parse_entry(entry, f"{origin} key #{i + 1}") for i, entry in enumerate(entries))
+    ring = KeyRing(_parse_entry(entry, f"{origin} key #{i + 1}") for i, entry in enumerate(entries))
+    for key in ring.keys:
+        if key.role == Role.PUBLISHER and not key.sources and key.revoked is None:
+            log.warning(
+                "%s: publisher key %s names no sources, so it may publish nothing: add a"
+                " `sources` list to its entry (the source URIs its system posts under)",
+                origin,
+                key.name,
+            )
+    return ring
 
 
 def load_keys(path: str | None = None, env_value: str | None = None) -> KeyRing:
@@ -291,6 +350,8 @@ class NewKey:
         lines = ["[[keys]]", f'name = "{self.key.name}"', f'role = "{self.key.role}"']
         if self.key.prefixes:
             lines.append("prefixes = [" + ", ".join(f'"{p}"' for p in self.key.prefixes) + "]")
+        if self.key.sources:
+            lines.append("sources = [" + ", ".join(json.dumps(s) for s in self.key.sources) + "]")
         lines.append(f'sha256 = "{self.key.digest}"')
         if self.key.expires:
             lines.append(f'expires = "{self.key.expires}"')
@@ -298,14 +359,21 @@ class NewKey:
 
 
 def create_key(
-    role: str, name: str, prefixes: Iterable[str] = (), expires: datetime | None = None
+    role: str,
+    name: str,
+    prefixes: Iterable[str] = (),
+    expires: datetime | None = None,
+    sources: Iterable[str] = (),
 ) -> NewKey:
-    """A new random secret and the entry (hash only) that configures it."""
+    """A new random secret and the entry (hash only) that configures it. A publisher key
+    without `sources` publishes nothing (`ApiKey.may_publish_source`); `kapflow keys
+    create` refuses to make one."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     entry: dict[str, Any] = {
         "name": name,
         "role": role,
         "prefixes": list(prefixes),
+        "sources": list(sources),
         "sha256": digest_of(secret),
     }
     if expires is not None:

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from events import CloudEvent, parse_event
+from kapflow.service.csv_cells import csv_cells
+from kapflow.service.facts import UnreadableEntry, rebuild, recorded_after_window, recorded_event
 from kapflow.service.ingest import compact_json
 from kapflow.store.access_log import AccessLog, AccessRecord, access_hash, iter_entries
 from kapflow.store.base import EventStore, HistoryEntry, RejectedRecord, entry_hash
 from workflow.client import GENESIS_HASH, ClientSnapshot
-from workflow.engine import EXPIRED, Outcome, apply, recorded_after_expiry
+from workflow.derivation import Derivation, record_fact
+from workflow.engine import apply
 from workflow.policy import DEFAULT_POLICY, CarePolicy
 from workflow.releases import UnknownPathwayVersion, release_of
 from workflow.states.pathway import PATHWAY_VERSION
@@ -27,17 +29,6 @@ from workflow.tasks import iso
 
 # Snapshot fields not reproduced by a replay of history alone.
 _NOT_REPLAYED = ("parked",)
-
-
-def _event_of(entry: HistoryEntry) -> CloudEvent:
-    event = parse_event(entry.event)
-    if not isinstance(event, CloudEvent):
-        raise ValueError(f"recorded event {entry.client_id}#{entry.seq} no longer parses")
-    return event
-
-
-def _expired(entry: HistoryEntry) -> bool:
-    return EXPIRED in entry.outcome and recorded_after_expiry(json.loads(entry.outcome))
 
 
 @dataclass(slots=True)
@@ -55,35 +46,17 @@ def replay(
     known_at: datetime | None = None,
     policy: CarePolicy = DEFAULT_POLICY,
 ) -> Replay:
-    """Rebuild a client from its history.
+    """Rebuild a client from its history, through the same derivation that recorded it.
 
-    `as_of`: the events that happened (CloudEvents `time`) up to T.
-    `known_at`: what kapflow had recorded by T (its record time).
+    `as_of`: the facts that happened (CloudEvents `time`) up to T, in event-time order.
+    `known_at`: what kapflow had recorded by T (its record time), whatever their times.
     """
-    as_of_text = iso(as_of) if as_of else None
     known_at_text = iso(known_at) if known_at else None
-    client = ClientSnapshot(client_id)
-    applied = skipped = 0
-    for entry in entries:
-        if as_of_text is not None and entry.occurred_at > as_of_text:
-            continue
-        if known_at_text is not None and entry.recorded_at > known_at_text:
-            continue
-        outcome = apply(
-            client,
-            _event_of(entry),
-            policy,
-            release_of(entry.pathway_version),
-            expired=_expired(entry),
-        )
-        if outcome.recorded:
-            client = outcome.client
-            client.last_hash = entry.hash
-            applied += 1
-        else:
-            # Seen without the events that came before it in time; not applicable then.
-            skipped += 1
-    return Replay(client, applied, skipped)
+    known = [
+        entry for entry in entries if known_at_text is None or entry.recorded_at <= known_at_text
+    ]
+    rebuilt = rebuild(client_id, known, policy, as_of=iso(as_of) if as_of else None)
+    return Replay(rebuilt.derivation.client, rebuilt.applied, rebuilt.skipped)
 
 
 def replay_view(
@@ -152,6 +125,7 @@ def _verify_client(
     `found`. Returns how many entries were checked (a replay that cannot go on stops at
     the entry that stopped it)."""
     client = ClientSnapshot(client_id)
+    derivation: Derivation | None = None
     previous_hash = GENESIS_HASH
     checked = 0
     for expected_seq, entry in enumerate(entries, start=1):
@@ -177,11 +151,17 @@ def _verify_client(
             )
             return checked
         try:
-            event = _event_of(entry)
-        except ValueError as error:
+            event = recorded_event(entry)
+        except UnreadableEntry as error:
             found(Divergence(client_id, entry.seq, "unreadable", str(error)))
             return checked
-        outcome: Outcome = apply(client, event, policy, release, expired=_expired(entry))
+        expired = recorded_after_window(entry)
+        if release.derives_from_facts:
+            # The derivation that recorded it: late facts folded in at their own time.
+            derivation = derivation or Derivation(client)
+            outcome = record_fact(derivation, client, event, policy, release, expired=expired)
+        else:
+            outcome = apply(client, event, policy, release, expired=expired)
         if not outcome.recorded:
             codes = ",".join(r.code for r in outcome.reasons)
             found(
@@ -410,7 +390,7 @@ def decision_chunks(
         writer.writerow(EXPORT_COLUMNS)
     for entry in entries:
         if writer is not None:
-            writer.writerow(_csv_row(entry))
+            writer.writerow(csv_cells(_csv_row(entry)))
         else:
             buffer.write(compact_json(entry.as_dict()) + "\n")
         count.history += 1
@@ -420,7 +400,7 @@ def decision_chunks(
             buffer.truncate()
     for position, record in rejections or ():
         if writer is not None:
-            writer.writerow(_csv_rejection_row(record))
+            writer.writerow(csv_cells(_csv_rejection_row(record)))
         else:
             buffer.write(compact_json(rejection_record(position, record)) + "\n")
         count.rejections += 1
@@ -622,7 +602,7 @@ def write_access_log(rows: Iterable[AccessRecord], out: TextIO, fmt: str = "json
     for row in rows:
         record = row.as_dict()
         if writer is not None:
-            writer.writerow(["" if record[c] is None else record[c] for c in ACCESS_LOG_COLUMNS])
+            writer.writerow(csv_cells(record[c] for c in ACCESS_LOG_COLUMNS))
         else:
             out.write(compact_json(record) + "\n")
         count += 1

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from kapflow.service.csv_cells import csv_cells
 from kapflow.service.ingest import compact_json
 from kapflow.service.outbox import REVIEW_CODE
 from kapflow.store.base import EventStore, HistoryEntry
@@ -213,7 +214,7 @@ def write_deviations(rows: Iterable[DeviationRow], out: TextIO, fmt: str = "json
         if writer is not None:
             record["rules"] = ";".join(row.rules)
             record["reasons"] = ";".join(f"{r['code']}: {r['message']}" for r in row.reasons)
-            writer.writerow(["" if record[c] is None else record[c] for c in COLUMNS])
+            writer.writerow(csv_cells(record[c] for c in COLUMNS))
         else:
             out.write(compact_json(record) + "\n")
         count += 1

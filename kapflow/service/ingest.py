@@ -20,7 +20,9 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
-from events import CloudEvent, Reason, Rejection, parse_event, parse_event_object
+from events import CloudEvent, Rejection, parse_event, parse_event_object
+from kapflow.service.facts import DerivationCache
+from kapflow.service.identity import answer_if_known
 from kapflow.service.originals import original_text
 from kapflow.service.parking import record_expired, revisit_parked, still_parked, unpark
 from kapflow.service.recording import record_outcome, record_unreadable
@@ -33,7 +35,7 @@ from kapflow.service.results import (
 )
 from kapflow.service.unit_of_work import Clock, UnitOfWork, unit_of_work, utc_now
 from kapflow.store.base import EventStore, ParkedEvent
-from workflow.engine import DUPLICATE, PARKED, REJECTED, apply
+from workflow.engine import PARKED, REJECTED
 from workflow.policy import DEFAULT_POLICY, CarePolicy
 from workflow.tasks import iso
 
@@ -77,19 +79,11 @@ def _record_one(
 ) -> IngestResult:
     if isinstance(event, Rejection):
         return _record_unparseable(uow, raw, event)
-    prior = uow.seen(event.source, event.id)
-    if prior is not None:
-        client = uow.clients.get(event.subject)
-        return IngestResult(
-            event.id,
-            event.subject,
-            event.type,
-            DUPLICATE,
-            (Reason("DUPLICATE", f"already recorded as {prior}"),),
-            public_state(client.state if client else None),
-        )
+    known = answer_if_known(uow, event, raw)  # duplicate, or ID_REUSED (service/identity.py)
+    if known is not None:
+        return known
     client = uow.client(event.subject)
-    outcome = apply(client, event, policy)
+    outcome = uow.record_fact(event, policy)
     record_outcome(uow, event, outcome, raw)
     seq = outcome.client.seq if outcome.recorded else None
     if client.parked or outcome.outcome == PARKED:
@@ -153,12 +147,14 @@ class IngestService:
         self.policy = policy
         self.clock = clock
         self.batch_size = batch_size
+        # Recently changed clients' facts, so a late fact is folded in from its own place.
+        self.derivations = DerivationCache()
 
     def ingest_batch(self, items: Iterable[RawInput]) -> list[IngestResult]:
         """Process inputs in order in ONE transaction; results in the same order."""
         inputs = list(items)
         parsed = [validate(item) for item in inputs]  # before the transaction: keep it short
-        with unit_of_work(self.store, self.clock) as uow:
+        with unit_of_work(self.store, self.clock, self.derivations) as uow:
             return record_events(uow, self.policy, inputs, parsed)
 
     def expire_parked(
@@ -173,7 +169,7 @@ class IngestService:
         ]
         if not stale:
             return []
-        with unit_of_work(self.store, self.clock) as uow:
+        with unit_of_work(self.store, self.clock, self.derivations) as uow:
             return expire_parked_events(uow, self.policy, stale)
 
     def ingest_stream(self, items: Iterable[RawInput]) -> Iterator[IngestResult]:

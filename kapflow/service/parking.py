@@ -11,21 +11,24 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from events import CloudEvent, parse_event
+from events import CloudEvent
+from events.upcasting import read_recorded
 from kapflow.service.recording import record_history, record_rejected
 from kapflow.service.results import IngestResult, public_state
 from kapflow.service.unit_of_work import UnitOfWork
 from kapflow.store.base import ParkedEvent
-from workflow.engine import PARKED, Outcome, apply
+from workflow.engine import PARKED, Outcome
 from workflow.policy import CarePolicy
+from workflow.releases import CURRENT_RELEASE
 
 log = logging.getLogger("kapflow.ingest")
 
 
 def _event_of(parked: ParkedEvent) -> CloudEvent:
-    event = parse_event(parked.event)
-    assert isinstance(event, CloudEvent), "a parked event was valid when parked"
-    return event
+    """A parked event as it was kept, read through the upcasters (events/upcasting.py). The
+    parked log does not name the release that kept it: events wait days, not releases, so
+    it is read as this release's shape (a field a newer version added is optional)."""
+    return read_recorded(parked.event, CURRENT_RELEASE.version)
 
 
 def revisit_parked(
@@ -40,7 +43,7 @@ def revisit_parked(
         progressed = False
         for parked in list(waiting):
             event = _event_of(parked)
-            outcome = apply(uow.clients[client_id], event, policy)
+            outcome = uow.record_fact(event, policy)
             if outcome.outcome == PARKED:
                 continue
             unpark(uow, parked)
@@ -67,7 +70,7 @@ def record_expired(uow: UnitOfWork, policy: CarePolicy, parked: ParkedEvent) -> 
     """A parked fact still premature after the window is recorded as it happened — a
     deviation for a person to review — never dropped (SPEC §3). Unpark it first."""
     event = _event_of(parked)
-    outcome = apply(uow.clients[parked.client_id], event, policy, expired=True)
+    outcome = uow.record_fact(event, policy, expired=True)
     _record_unparked(uow, event, outcome, parked)
     log.info(
         "event %s client=%s type=%s outcome=%s reasons=%s (parking window ended)",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from events import CloudEvent, Reason, Rejection
+from kapflow.service.digest import content_digest
 from kapflow.service.originals import fingerprint, original_text
 from kapflow.service.results import UNPARSEABLE_SOURCE, RawInput, compact_json
 from kapflow.service.unit_of_work import UnitOfWork
@@ -68,7 +69,7 @@ def record_history(uow: UnitOfWork, event: CloudEvent, outcome: Outcome) -> None
     after.last_hash = entry.hash
     uow.writes.history.append(entry)
     uow.save_client(after)
-    uow.receipt(event.source, event.id, event.subject, outcome.outcome)
+    uow.receipt(event.source, event.id, event.subject, outcome.outcome, content_digest(event))
     for change in outcome.task_changes:
         uow.writes.tasks[change.task.id] = change.task
     if outcome.task_changes or outcome.from_state != outcome.to_state or outcome.reasons:
@@ -96,14 +97,14 @@ def record_parked(uow: UnitOfWork, event: CloudEvent, reasons: tuple[Reason, ...
     client = uow.clients[event.subject].copy()
     client.parked += 1
     uow.save_client(client)
-    uow.receipt(event.source, event.id, event.subject, PARKED)
+    uow.receipt(event.source, event.id, event.subject, PARKED, content_digest(event))
 
 
 def record_rejected(
     uow: UnitOfWork, event: CloudEvent, reasons: tuple[Reason, ...], original: str
 ) -> None:
     """A valid CloudEvent that cannot be a fact about this client."""
-    uow.receipt(event.source, event.id, event.subject, REJECTED)
+    uow.receipt(event.source, event.id, event.subject, REJECTED, content_digest(event))
     uow.dead_letter(
         RejectedRecord(
             event.source,

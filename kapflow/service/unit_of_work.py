@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from events import CloudEvent
+from kapflow.service.facts import DerivationCache, rebuild
 from kapflow.store.base import (
     BatchWrites,
     EventStore,
+    HistoryEntry,
     OutboxRef,
     ParkedEvent,
     Receipt,
@@ -24,6 +26,10 @@ from kapflow.store.base import (
     StoreTransaction,
 )
 from workflow.client import ClientSnapshot
+from workflow.derivation import Derivation, fact_key, is_late, record_fact
+from workflow.engine import Outcome
+from workflow.policy import CarePolicy
+from workflow.releases import CURRENT_RELEASE
 from workflow.tasks import iso
 
 Clock = Callable[[], datetime]
@@ -40,12 +46,18 @@ class UnitOfWork:
     """One transaction's working set: cached reads of clients, receipts and parked events,
     and the writes that commit with it (`writes`)."""
 
-    def __init__(self, tx: StoreTransaction, recorded_at: str) -> None:
+    def __init__(
+        self,
+        tx: StoreTransaction,
+        recorded_at: str,
+        derivations: DerivationCache | None = None,
+    ) -> None:
         self.tx = tx
         self.recorded_at = recorded_at
+        self.derivations = derivations if derivations is not None else DerivationCache()
         self.writes = BatchWrites()
         self.clients: dict[str, ClientSnapshot] = {}
-        self._known: dict[tuple[str, str], str] = {}
+        self._known: dict[tuple[str, str], Receipt] = {}
         self._prefetched_keys: set[tuple[str, str]] = set()
         self._read_clients: set[str] = set()  # read already: absent ones are new clients
         self._parked: dict[str, list[ParkedEvent]] = {}
@@ -70,9 +82,14 @@ class UnitOfWork:
 
     def seen(self, source: str, event_id: str) -> str | None:
         """The outcome already recorded for (`source`, `id`), in this unit or before it."""
+        receipt = self.receipt_for(source, event_id)
+        return None if receipt is None else receipt.outcome
+
+    def receipt_for(self, source: str, event_id: str) -> Receipt | None:
+        """The receipt of (`source`, `id`), written in this unit or before it."""
         receipt = self.writes.receipts.get((source, event_id))
         if receipt is not None:
-            return receipt.outcome
+            return receipt
         known = self._known.get((source, event_id))
         if known is None and (source, event_id) not in self._prefetched_keys:
             known = self.tx.receipts([(source, event_id)]).get((source, event_id))
@@ -94,14 +111,49 @@ class UnitOfWork:
             self._parked[client_id] = self.tx.parked(client_id)
         return self._parked[client_id]
 
+    # The engine, over the client's facts -----------------------------------------------------
+    def record_fact(self, event: CloudEvent, policy: CarePolicy, expired: bool = False) -> Outcome:
+        """What `event` does to its client given every fact recorded about it, in event-time
+        order (workflow/derivation.py). A late fact reads the client's history once; the
+        derivation is then kept (`derivations`) for the facts that follow."""
+        current = self.client(event.subject)
+        if not CURRENT_RELEASE.derives_from_facts:
+            return record_fact(None, current, event, policy, expired=expired)
+        derivation = self.derivations.get(current)
+        if is_late(current, event):
+            if derivation is None or not derivation.covers(fact_key(event)):
+                history = self._history(event.subject)
+                derivation = rebuild(event.subject, history, policy).derivation
+                self.derivations.put(event.subject, derivation)
+        elif derivation is None:
+            # Kept from here on, so that a fact arriving late after this one (the usual
+            # case: a few messages late) is folded in without reading the whole history.
+            derivation = Derivation(current)
+            self.derivations.put(event.subject, derivation)
+        return record_fact(derivation, current, event, policy, expired=expired)
+
+    def _history(self, client_id: str) -> list[HistoryEntry]:
+        """The client's history, with the entries this unit has recorded and not committed."""
+        pending = [entry for entry in self.writes.history if entry.client_id == client_id]
+        return self.tx.history(client_id) + pending
+
     # Writes --------------------------------------------------------------------------------
     def save_client(self, snapshot: ClientSnapshot) -> None:
         self.clients[snapshot.client_id] = snapshot
         self.writes.clients[snapshot.client_id] = snapshot
 
-    def receipt(self, source: str, event_id: str, subject: str | None, outcome: str) -> None:
+    def receipt(
+        self,
+        source: str,
+        event_id: str,
+        subject: str | None,
+        outcome: str,
+        digest: str | None = None,
+    ) -> None:
+        """Record the outcome of (`source`, `id`); `digest` is its content's
+        (service/digest.py), so a reuse of the id with other content is told apart."""
         self.writes.receipts[(source, event_id)] = Receipt(
-            source, event_id, subject, outcome, self.recorded_at
+            source, event_id, subject, outcome, self.recorded_at, digest
         )
 
     def dead_letter(self, record: RejectedRecord) -> None:
@@ -123,10 +175,12 @@ class UnitOfWork:
 
 
 @contextmanager
-def unit_of_work(store: EventStore, clock: Clock) -> Iterator[UnitOfWork]:
+def unit_of_work(
+    store: EventStore, clock: Clock, derivations: DerivationCache | None = None
+) -> Iterator[UnitOfWork]:
     """A unit of work in a new transaction; its writes commit when the block ends without
     an error, and none of them do otherwise."""
     with store.transaction() as tx:
-        uow = UnitOfWork(tx, iso(clock()))
+        uow = UnitOfWork(tx, iso(clock()), derivations)
         yield uow
         uow.commit()

@@ -147,9 +147,11 @@ def act_on_task(
     if task is None:
         raise TaskNotFound(action.task_id)
     event_id = action_event_id(action, actor, idempotency_key)
+    # A retry with the same Idempotency-Key is the same act: a duplicate, whether or not the
+    # task is still open (its event, rebuilt at the retry's time, would be ID_REUSED).
+    if idempotency_key is not None and _already_recorded(store, task.for_, event_id):
+        return TaskActionResult("duplicate", event_id, action.event_type, task)
     if not task.is_open:
-        if idempotency_key is not None and _already_recorded(store, task.for_, event_id):
-            return TaskActionResult("duplicate", event_id, action.event_type, task)
         raise TaskAlreadyClosed(task)
     event = action.event(task, event_id, at)
     parsed = parse_event_object(event)

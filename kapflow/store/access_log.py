@@ -25,13 +25,24 @@ import hashlib
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_base,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_chain,
+    wait_fixed,
+)
+
 from kapflow.store.base import StoreError
 from kapflow.store.database import database_kind, sqlite_path
+from kapflow.store.file_modes import create_private
 from workflow.client import GENESIS_HASH
 
 log = logging.getLogger("kapflow.access_log")
@@ -238,6 +249,28 @@ class _SQLiteRows:
         self.conn.execute(sql, params)
 
 
+def _retrying(
+    attempts: int, retry: retry_base, before_sleep: Callable[[RetryCallState], None]
+) -> Retrying:
+    """Bounded retries: `attempts` in all, RETRY_DELAYS_S apart (read when called, so a test
+    may shorten them); the last error is raised as it is."""
+    return Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_chain(*(wait_fixed(delay) for delay in RETRY_DELAYS_S)),
+        retry=retry,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def _delay(state: RetryCallState) -> float:
+    return state.next_action.sleep if state.next_action else 0.0
+
+
+def _error_class(state: RetryCallState) -> str:
+    return type(state.outcome.exception() if state.outcome else None).__name__
+
+
 def _is_busy(error: sqlite3.Error) -> bool:
     text = str(error).lower()
     return "locked" in text or "busy" in text
@@ -252,6 +285,7 @@ class SQLiteAccessLog:
 
     def __init__(self, url: str) -> None:
         self._path = sqlite_path(url)
+        create_private(self._path)  # when the access log is the first to open the file
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._run("opening", self._migrate)
@@ -273,27 +307,29 @@ class SQLiteAccessLog:
     def _run(
         self, doing: str, work: Callable[[sqlite3.Connection], _R], attempts: int = ATTEMPTS
     ) -> _R:
-        for attempt in range(1, attempts + 1):
-            try:
-                with self._lock:
-                    conn = self._connection()
-                    try:
-                        return work(conn)
-                    finally:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-            except sqlite3.Error as error:
-                if not _is_busy(error) or attempt == attempts:
-                    raise StoreError(f"access log: {doing} failed: {error}") from error
-                log.warning(
-                    "access log: database is locked while %s; attempt %d of %d in %.2fs",
-                    doing,
-                    attempt + 1,
-                    attempts,
-                    RETRY_DELAYS_S[attempt - 1],
-                )
-                time.sleep(RETRY_DELAYS_S[attempt - 1])
-        raise AssertionError("unreachable")
+        def once() -> _R:
+            with self._lock:
+                conn = self._connection()
+                try:
+                    return work(conn)
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+
+        def warn(state: RetryCallState) -> None:
+            log.warning(
+                "access log: database is locked while %s; attempt %d of %d in %.2fs",
+                doing,
+                state.attempt_number + 1,
+                attempts,
+                _delay(state),
+            )
+
+        busy = retry_if_exception(lambda e: isinstance(e, sqlite3.Error) and _is_busy(e))
+        try:
+            return _retrying(attempts, busy, warn)(once)
+        except sqlite3.Error as error:
+            raise StoreError(f"access log: {doing} failed: {error}") from error
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -417,36 +453,41 @@ class PostgresAccessLog:
 
     def _run(self, doing: str, work: Callable[[Any], _R], attempts: int = ATTEMPTS) -> _R:
         psycopg = self._psycopg
-        for attempt in range(1, attempts + 1):
+
+        def once() -> _R:
             try:
                 with self._lock:
-                    result = work(self._connection())
-            except psycopg.OperationalError as error:
+                    return work(self._connection())
+            except psycopg.OperationalError:
                 with self._lock:
-                    self._drop()
+                    self._drop()  # reconnect on the next attempt
                 self._failing = True
-                if attempt == attempts:
-                    raise StoreError(
-                        f"access log: {doing} failed: PostgreSQL unavailable"
-                        f" ({type(error).__name__}); retry once the server is back"
-                    ) from None
-                log.warning(
-                    "access log: lost PostgreSQL (%s) while %s; reconnecting, attempt %d of %d",
-                    type(error).__name__,
-                    doing,
-                    attempt + 1,
-                    attempts,
-                )
-                time.sleep(RETRY_DELAYS_S[attempt - 1])
-                continue
-            except psycopg.Error as error:
-                # Server messages may quote row data: keep the error class only.
-                raise StoreError(f"access log: {doing} failed: {type(error).__name__}") from None
-            if self._failing:
-                self._failing = False
-                log.warning("access log: PostgreSQL connection restored")
-            return result
-        raise AssertionError("unreachable")
+                raise
+
+        def warn(state: RetryCallState) -> None:
+            log.warning(
+                "access log: lost PostgreSQL (%s) while %s; reconnecting, attempt %d of %d",
+                _error_class(state),
+                doing,
+                state.attempt_number + 1,
+                attempts,
+            )
+
+        lost = retry_if_exception_type(psycopg.OperationalError)
+        try:
+            result = _retrying(attempts, lost, warn)(once)
+        except psycopg.OperationalError as error:
+            raise StoreError(
+                f"access log: {doing} failed: PostgreSQL unavailable"
+                f" ({type(error).__name__}); retry once the server is back"
+            ) from None
+        except psycopg.Error as error:
+            # Server messages may quote row data: keep the error class only.
+            raise StoreError(f"access log: {doing} failed: {type(error).__name__}") from None
+        if self._failing:
+            self._failing = False
+            log.warning("access log: PostgreSQL connection restored")
+        return result
 
     def _migrate(self, conn: Any) -> None:
         from kapflow.store.database import ACCESS_LOG_LOCK, KAPFLOW_LOCKS

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kapflow.store.base import StoreError
 from kapflow.store.database import database_kind, sqlite_path
+from kapflow.store.file_modes import create_private
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ def backup_sqlite(url: str, out: str) -> BackupReport:
     started = time.perf_counter()
     source = sqlite3.connect(source_path, timeout=30.0)  # only read from
     try:
+        create_private(partial)  # a backup holds every record: owner-only, as the store
         copy = sqlite3.connect(partial)
         try:
             source.backup(copy)  # every page in one step: one read transaction, one commit

@@ -168,11 +168,16 @@ OutboxRow = tuple[int, OutboxRef, "HistoryEntry | RejectedRecord"]
 
 @dataclass(slots=True)  # a value: never mutated after construction
 class Receipt:
+    """The outcome recorded for (`source`, `event_id`), and the SHA-256 (hex) of the content
+    it was recorded with (service/identity.py): the same id with other content is not a
+    duplicate. None for receipts written before digests were kept (schema version 5)."""
+
     source: str
     event_id: str
     client_id: str | None
     outcome: str
     recorded_at: str
+    digest: str | None = None
 
 
 @dataclass(slots=True)
@@ -192,11 +197,14 @@ class BatchWrites:
 class StoreTransaction(Protocol):
     """Reads inside the write transaction (PostgreSQL locks the client rows it returns)."""
 
-    def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]: ...
+    def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Receipt]: ...
 
     def clients(self, client_ids: list[str]) -> dict[str, ClientSnapshot]: ...
 
     def parked(self, client_id: str) -> list[ParkedEvent]: ...
+
+    # A client's history in seq order (a late fact re-derives the client from its facts).
+    def history(self, client_id: str) -> list[HistoryEntry]: ...
 
     def write(self, batch: BatchWrites) -> None: ...
 

@@ -55,6 +55,7 @@ from kapflow.store.base import (
     ClientHistory,
     HistoryEntry,
     ParkedEvent,
+    Receipt,
     StoreError,
     UnstorableData,
 )
@@ -68,6 +69,8 @@ from kapflow.store.sql import (
     HISTORY_COLUMNS,
     HISTORY_OF_CLIENTS,
     OPEN_STATUS_SQL,
+    RECEIPT_COLUMNS,
+    RECEIPT_REWRITE,
     SCHEMA_VERSION,
     SNAPSHOTS_OF_CLIENTS,
     SqlReads,
@@ -76,6 +79,8 @@ from kapflow.store.sql import (
     history_row,
     parked_event,
     parked_row,
+    receipt_of,
+    receipt_row,
     rejection_row,
     snapshot_of,
     task_of,
@@ -115,6 +120,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     client_id {_T},
     outcome {_T} NOT NULL,
     recorded_at {_T} NOT NULL,
+    digest BYTEA,
     PRIMARY KEY (source, event_id)
 );
 CREATE TABLE IF NOT EXISTS clients (
@@ -204,6 +210,7 @@ _STREAM_ROWS = 2000
 # snapshot of the database.
 _BEGIN_SNAPSHOT_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _HISTORY_OF_CLIENTS = HISTORY_OF_CLIENTS.format(ids="= ANY(%b::text[])")
+_RECEIPT_COLUMNS_R = ", ".join(f"r.{column}" for column in RECEIPT_COLUMNS.split(", "))
 _SNAPSHOTS_OF_CLIENTS = SNAPSHOTS_OF_CLIENTS.format(ids="= ANY(%b::text[])")
 
 # Conflicts with a concurrent writer: nothing was kept, the same batch can simply be retried.
@@ -300,17 +307,17 @@ class _Transaction:
         self._locked: set[str] = set()
         self._absent: set[str] = set()
 
-    def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
         if not keys:
             return {}
         wanted = sorted(set(keys))
         rows = self._conn.execute(
-            "SELECT r.source, r.event_id, r.outcome FROM receipts r"
+            f"SELECT {_RECEIPT_COLUMNS_R} FROM receipts r"
             " JOIN unnest(%b::text[], %b::text[]) AS k(source, event_id)"
             " ON r.source = k.source AND r.event_id = k.event_id",
             ([source for source, _ in wanted], [event_id for _, event_id in wanted]),
         ).fetchall()
-        found = {(source, event_id): outcome for source, event_id, outcome in rows}
+        found = {(row[0], row[1]): receipt_of(row) for row in rows}
         self._existing.update(found)
         return found
 
@@ -352,6 +359,13 @@ class _Transaction:
         parked = [parked_event(row, self._codec) for row in rows]
         self._existing.update((p.source, p.event_id) for p in parked)
         return parked
+
+    def history(self, client_id: str) -> list[HistoryEntry]:
+        rows = self._conn.execute(
+            f"SELECT {HISTORY_COLUMNS} FROM history WHERE client_id = %s ORDER BY seq",
+            (client_id,),
+        ).fetchall()
+        return [history_entry(row, self._codec) for row in rows]
 
     def _clock_mark(self, batch: BatchWrites) -> str | None:
         """The latest due time the clock has recorded, this batch included (kept in meta).
@@ -398,13 +412,8 @@ class _Transaction:
             # Client-scoped writes first: their conflicts surface before the append lock.
             codec = self._codec
             insert("history", [history_row(e, codec) for e in batch.history])
-            insert("receipts", [_RECEIPT_ROW(r) for r in fresh])
-            insert(
-                "receipts",
-                [_RECEIPT_ROW(r) for r in rewritten],
-                "ON CONFLICT (source, event_id) DO UPDATE SET"
-                " outcome = excluded.outcome, client_id = excluded.client_id",
-            )
+            insert("receipts", [receipt_row(r) for r in fresh])
+            insert("receipts", [receipt_row(r) for r in rewritten], RECEIPT_REWRITE)
             if batch.parked_removed:
                 cursor.execute(
                     "DELETE FROM parked p"
@@ -539,6 +548,9 @@ class PostgresStore(SqlReads):
 
     def _migrate(self, conn: psycopg.Connection[Any], found: str) -> None:
         """An earlier schema version to this one in place, in the caller's transaction."""
+        # Version 5 first: every later step may read receipts, which now include their
+        # digest (nullable; the receipts before it have none).
+        conn.execute("ALTER TABLE receipts ADD COLUMN IF NOT EXISTS digest BYTEA")
         if int(found) < 2:
             self._migrate_to_2(conn)
         # Version 2 → 3: TEXT cannot hold the codec's bytes. The old text becomes format
@@ -949,6 +961,7 @@ _INSERT_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("client_id", "text"),
         ("outcome", "text"),
         ("recorded_at", "text"),
+        ("digest", "bytea"),
     ),
     "parked": (
         ("source", "text"),
@@ -1018,7 +1031,6 @@ def _row_of(table: str) -> Callable[[Any], tuple[Any, ...]]:
     return attrgetter(*(name for name, _ in _INSERT_COLUMNS[table]))
 
 
-_RECEIPT_ROW = _row_of("receipts")
 _OUTBOX_ROW = _row_of("outbox")
 
 

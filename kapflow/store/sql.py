@@ -18,6 +18,7 @@ from kapflow.store.base import (
     OutboxRef,
     OutboxRow,
     ParkedEvent,
+    Receipt,
     RejectedRecord,
 )
 from kapflow.store.codec import StorageCodec, pack_hash, unpack_hash
@@ -31,8 +32,11 @@ from workflow.tasks import OPEN_STATUSES, Task
 # dictionary). Nothing is rewritten: 0x01 values stay readable. The version is raised so
 # that a release which cannot read 0x03 refuses the store ("newer than this kapflow")
 # instead of failing on its first new value.
+# Version 5 (issue 18): receipts.digest, the SHA-256 of the content each (source, id) was
+# recorded with, so the same id with other content is refused (`ID_REUSED`), not taken for
+# a duplicate. A nullable column added in place; receipts written before it have none.
 # A store of an earlier version is migrated in place when it is opened.
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 # The columns stored through the codec, by table, with the key that walks the table.
 ENCODED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -46,6 +50,8 @@ ENCODED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
 # The open statuses as SQL literals, not parameters: a partial index on open tasks is
 # used only when the query's WHERE visibly implies the index's own.
 OPEN_STATUS_SQL = ", ".join(f"'{status}'" for status in sorted(OPEN_STATUSES))
+
+RECEIPT_COLUMNS = "source, event_id, client_id, outcome, recorded_at, digest"
 
 HISTORY_COLUMNS = (
     "client_id, seq, source, event_id, type, occurred_at, recorded_at, pathway_version,"
@@ -132,6 +138,39 @@ def history_row(entry: HistoryEntry, codec: StorageCodec) -> tuple[Any, ...]:
         pack_hash(entry.prev_hash),
         pack_hash(entry.hash),
     )
+
+
+def receipt_of(row: Sequence[Any]) -> Receipt:
+    """A row of RECEIPT_COLUMNS as the receipt (the digest as hex, or None)."""
+    source, event_id, client_id, outcome, recorded_at, digest = row
+    return Receipt(
+        source,
+        event_id,
+        client_id,
+        outcome,
+        recorded_at,
+        None if digest is None else unpack_hash(digest),
+    )
+
+
+def receipt_row(receipt: Receipt) -> tuple[Any, ...]:
+    """A receipt as the values of RECEIPT_COLUMNS: the digest as its 32 bytes."""
+    return (
+        receipt.source,
+        receipt.event_id,
+        receipt.client_id,
+        receipt.outcome,
+        receipt.recorded_at,
+        None if receipt.digest is None else pack_hash(receipt.digest),
+    )
+
+
+# A receipt written again (a parked event applied later) keeps its digest when the new one
+# has none: the content of an id never changes once recorded.
+RECEIPT_REWRITE = (
+    "ON CONFLICT (source, event_id) DO UPDATE SET outcome = excluded.outcome,"
+    " client_id = excluded.client_id, digest = COALESCE(excluded.digest, receipts.digest)"
+)
 
 
 def rejected_record(row: Sequence[Any], codec: StorageCodec) -> RejectedRecord:

@@ -21,6 +21,7 @@ from kapflow.store.base import (
     ClientHistory,
     HistoryEntry,
     ParkedEvent,
+    Receipt,
     StoreError,
     UnstorableData,
 )
@@ -28,11 +29,14 @@ from kapflow.store.checkpointer import BACKSTOP_PAGES, WalCheckpointer
 from kapflow.store.codec import KEY_CHECK_META, StorageCipher, StorageCodec
 from kapflow.store.database import sqlite_path
 from kapflow.store.due import CLOCK_MARK, ReceiptKey, fire_times, next_dues, recorded_until
+from kapflow.store.file_modes import create_private
 from kapflow.store.sql import (
     ENCODED_COLUMNS,
     HISTORY_COLUMNS,
     HISTORY_OF_CLIENTS,
     OPEN_STATUS_SQL,
+    RECEIPT_COLUMNS,
+    RECEIPT_REWRITE,
     SCHEMA_VERSION,
     SNAPSHOTS_OF_CLIENTS,
     SqlReads,
@@ -41,6 +45,8 @@ from kapflow.store.sql import (
     history_row,
     parked_event,
     parked_row,
+    receipt_of,
+    receipt_row,
     rejection_row,
     snapshot_of,
     task_of,
@@ -76,6 +82,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     client_id TEXT,
     outcome TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
+    digest BLOB,
     PRIMARY KEY (source, event_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (
@@ -148,7 +155,7 @@ CREATE INDEX IF NOT EXISTS outbox_published ON outbox (published_at)
 SCHEMA += INDEXES_2
 
 
-def _receipts(conn: sqlite3.Connection, keys: list[ReceiptKey]) -> dict[ReceiptKey, str]:
+def _receipts(conn: sqlite3.Connection, keys: list[ReceiptKey]) -> dict[ReceiptKey, Receipt]:
     """Receipts by their key (source, event_id): one primary-key search per source.
 
     A batch holds few sources, so `source = ? AND event_id IN (…)` searches the key;
@@ -157,15 +164,15 @@ def _receipts(conn: sqlite3.Connection, keys: list[ReceiptKey]) -> dict[ReceiptK
     by_source: dict[str, list[str]] = {}
     for source, event_id in set(keys):
         by_source.setdefault(source, []).append(event_id)
-    found: dict[ReceiptKey, str] = {}
+    found: dict[ReceiptKey, Receipt] = {}
     for source, ids in sorted(by_source.items()):
         for chunk in _chunks(sorted(ids)):
             rows = conn.execute(
-                "SELECT event_id, outcome FROM receipts WHERE source = ? AND event_id IN"
+                f"SELECT {RECEIPT_COLUMNS} FROM receipts WHERE source = ? AND event_id IN"
                 f" ({','.join('?' * len(chunk))})",
                 (source, *chunk),
             ).fetchall()
-            found.update(((source, event_id), outcome) for event_id, outcome in rows)
+            found.update(((source, row[1]), receipt_of(row)) for row in rows)
     return found
 
 
@@ -175,7 +182,7 @@ class _Transaction:
         self._policy = policy
         self._codec = codec
 
-    def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    def receipts(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
         return _receipts(self._conn, keys)
 
     def clients(self, client_ids: list[str]) -> dict[str, ClientSnapshot]:
@@ -197,6 +204,13 @@ class _Transaction:
             (client_id,),
         ).fetchall()
         return [parked_event(row, self._codec) for row in rows]
+
+    def history(self, client_id: str) -> list[HistoryEntry]:
+        rows = self._conn.execute(
+            f"SELECT {HISTORY_COLUMNS} FROM history WHERE client_id = ? ORDER BY seq",
+            (client_id,),
+        ).fetchall()
+        return [history_entry(row, self._codec) for row in rows]
 
     def _clock_mark(self, batch: BatchWrites) -> str | None:
         """The latest due time the clock has recorded, this batch included (kept in meta)."""
@@ -224,12 +238,8 @@ class _Transaction:
             )
         if batch.receipts:
             execute_many(
-                "INSERT INTO receipts VALUES (?,?,?,?,?) ON CONFLICT (source, event_id)"
-                " DO UPDATE SET outcome = excluded.outcome, client_id = excluded.client_id",
-                [
-                    (r.source, r.event_id, r.client_id, r.outcome, r.recorded_at)
-                    for r in batch.receipts.values()
-                ],
+                f"INSERT INTO receipts ({RECEIPT_COLUMNS}) VALUES (?,?,?,?,?,?) {RECEIPT_REWRITE}",
+                [receipt_row(r) for r in batch.receipts.values()],
             )
         if batch.rejections:
             execute_many(
@@ -327,6 +337,7 @@ class SQLiteStore(SqlReads):
             parent = Path(path).expanduser().resolve().parent
             if not parent.is_dir():
                 raise StoreError(f"database folder does not exist: {parent}")
+            create_private(path)
         self._path = path
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -379,11 +390,15 @@ class SQLiteStore(SqlReads):
             )
 
     def _migrate(self, conn: sqlite3.Connection, found: str) -> None:
+        # First: every later step may read receipts, which now include their digest.
+        if int(found) < 5:
+            _add_receipt_digest(conn)
         if int(found) < 2:
             self._migrate_to_2(conn)
         # Version 2 → 3 needs no rewrite: a column of SQLite holds the codec's bytes beside
         # the TEXT of the rows before, and the codec reads both (store/codec.py). Nor does
-        # 3 → 4: format 0x01 values stay readable beside the new 0x03 ones.
+        # 3 → 4: format 0x01 values stay readable beside the new 0x03 ones. 4 → 5 adds
+        # receipts.digest, empty for the receipts before it.
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         self.migrated_from = found
 
@@ -625,6 +640,14 @@ class SQLiteStore(SqlReads):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _add_receipt_digest(conn: sqlite3.Connection) -> None:
+    """Version 5: receipts.digest (nullable). SQLite has no ADD COLUMN IF NOT EXISTS, and a
+    store set back to an earlier version number may hold the column already."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(receipts)")}
+    if "digest" not in columns:
+        conn.execute("ALTER TABLE receipts ADD COLUMN digest BLOB")
 
 
 def _schema_version(conn: sqlite3.Connection) -> str | None:

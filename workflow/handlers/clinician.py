@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from workflow.handlers.effects import Effects
+from workflow.handlers.effects import LEFT_CARE, Effects
 from workflow.handlers.prescriber import _hold_for
 from workflow.handlers.scheduling import KEEP_ON_EXIT
 from workflow.states.rules import RuleContext, eligibility_failures
@@ -51,6 +51,8 @@ def preparation_completed(fx: Effects) -> None:
         )
     if fx.data.ready_for_dosing:
         client.ready_for_dosing = True
+        if fx.before.state == "on_hold" and client.held_from == "cleared":
+            client.held_from = "prepared"  # prepared during the hold: released, prepared
         if fx.before.state == "cleared":
             fx.open_task(
                 TaskCode.SCHEDULE_DOSING,
@@ -70,14 +72,41 @@ def dosing_started(fx: Effects) -> None:
     _record_dosing(fx, fx.data.session_id, pathway=fx.data.pathway)
     if fx.before.state == "on_hold":
         client.held_from = "dosed"  # dosed during the hold: releasing it returns to dosed
-    fx.close_tasks(
-        TaskCode.SCHEDULE_DOSING, TaskCode.CONFIRM_CHAPERONE, TaskCode.ABSTINENCE_REMINDER_BEFORE
-    )
+    if fx.release.chaperone_per_dosing:
+        fx.close_tasks(TaskCode.SCHEDULE_DOSING)
+        _use_dosing_appointment(fx)  # and the reminders of that appointment only
+    else:
+        fx.close_tasks(
+            TaskCode.SCHEDULE_DOSING,
+            TaskCode.CONFIRM_CHAPERONE,
+            TaskCode.ABSTINENCE_REMINDER_BEFORE,
+        )
     fx.open_task(
         TaskCode.ABSTINENCE_REMINDER_AFTER,
         Owner.CLIENT,
         fx.due_in(fx.policy.abstinence_window),
         about=fx.data.session_id,
+    )
+
+
+def _use_dosing_appointment(fx: Effects) -> None:
+    """R7 per dosing: the booked dosing appointment this dosing took up is used, so the next
+    dosing needs its own booking and its own confirmed chaperone."""
+    named = getattr(fx.data, "appointment_id", None)
+    appointments = fx.after.appointments
+    if named is not None and named in appointments:
+        appointment_id = named
+    else:
+        taken = fx.after.dosing_appointment(fx.at)
+        if taken is None:
+            return
+        appointment_id = taken[0]
+    fx.after.appointments = {
+        **appointments,
+        appointment_id: {**appointments[appointment_id], "status": "used"},
+    }
+    fx.close_tasks(
+        TaskCode.CONFIRM_CHAPERONE, TaskCode.ABSTINENCE_REMINDER_BEFORE, about=appointment_id
     )
 
 
@@ -198,6 +227,8 @@ def adverse_event_reported(fx: Effects) -> None:
 
 
 def hold_placed(fx: Effects) -> None:
+    if fx.after.state in LEFT_CARE:
+        return  # recorded; a client out of care is not held
     _hold_for(fx, "CLINICIAN_HOLD")
     fx.open_task(
         TaskCode.REVIEW_HOLD,

@@ -87,6 +87,12 @@ class Effects:
         )
         if task.id in self.after.open_tasks:
             return self.after.open_tasks[task.id]
+        if (
+            self.release.derives_from_facts
+            and code in CANNOT_HAPPEN_AFTER_EXIT
+            and self.after.state in LEFT_CARE
+        ):
+            return task  # the client has left care: this can no longer happen (SPEC §4)
         self.after.open_tasks[task.id] = task
         self.task_changes.append(TaskEffect("opened", task))
         return task
@@ -127,6 +133,7 @@ class Effects:
         self.task_changes.append(TaskEffect("closed", closed))
 
 
+LEFT_CARE = frozenset({"ineligible", "withdrawn", "completed"})
 # SPEC §4: leaving care cancels only what can no longer happen — scheduling, preparation,
 # dosing and what leads to them. Safety duties (R10 notification, R11 follow-up), the
 # after-dosing abstinence reminder, deviation and hold reviews, clinical reviews and billing

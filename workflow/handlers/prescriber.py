@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from events.prescriber import PATHWAY_OF_PRESCRIBER
 from workflow.client import ClientSnapshot
-from workflow.handlers.effects import Effects
+from workflow.handlers.effects import LEFT_CARE, Effects
 from workflow.policy import CarePolicy
+from workflow.releases import PathwayRelease
 from workflow.tasks import Owner, TaskCode
 
 
@@ -40,6 +41,12 @@ def _authorise(fx: Effects, doses_authorized: int | None) -> None:
 def evaluation_completed(fx: Effects) -> None:
     data = fx.data
     fx.close_tasks(TaskCode.REFER_MEDICAL_EVALUATION)
+    if fx.before.state in LEFT_CARE:
+        if data.outcome == "cleared":  # a fact all the same: the clearance is on record
+            fx.after.prescriber = data.prescriber
+            fx.after.pathway = PATHWAY_OF_PRESCRIBER[data.prescriber]
+            _authorise(fx, data.doses_authorized)
+        return
     if fx.target == "ineligible":
         fx.after.ineligible_reasons = ["R5"]
         fx.cancel_tasks_that_can_no_longer_happen(keep_owners=frozenset())
@@ -76,6 +83,8 @@ def clearance_revoked(fx: Effects) -> None:
     fx.after.clearance_revoked = True
     if fx.after.timeline:
         fx.after.revocations = [*fx.after.revocations, fx.at]
+    if fx.after.state in LEFT_CARE:
+        return  # recorded; a client out of care is not held
     _hold_for(fx, "R5")
     fx.open_task(
         TaskCode.REVIEW_HOLD,
@@ -90,10 +99,12 @@ def subscription_lapsed(fx: Effects) -> None:
     fx.after.subscription_active = False
     if fx.after.timeline:
         fx.after.lapses = [*fx.after.lapses, fx.at]
+    if fx.after.state in LEFT_CARE:
+        return  # recorded; a client out of care is not held
     _hold_for(fx, "R9")
     fx.open_task(
         TaskCode.RENEW_LOW_DOSE_SUBSCRIPTION,
-        Owner.CLIENT,
+        renewal_owner(fx.release),
         fx.due_in(fx.policy.renewal_within),
     )
 
@@ -112,6 +123,13 @@ def refresh_authorisation(client: ClientSnapshot, policy: CarePolicy) -> None:
     else:
         client.subscription_paid_until = latest["paid_until"]
         client.subscription_active = not any(latest["at"] <= lapse for lapse in client.lapses)
+
+
+def renewal_owner(release: PathwayRelease) -> str:
+    """Who sees a lapsed subscription renewed. The client pays Joyous; from 2026.12.1 the
+    task sits in the prescriber liaison's queue (a hold must sit in a staff queue), not
+    only in the client's reminders."""
+    return Owner.PRESCRIBER_LIAISON if release.queues_every_hold else Owner.CLIENT
 
 
 def _hold_for(fx: Effects, reason: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from workflow.handlers.effects import Effects
 from workflow.tasks import Owner, TaskCode, iso
 
+OUT_OF_CARE = frozenset({"ineligible", "withdrawn", "completed"})
+
 BOOKING_CLOSES: dict[str, str] = {
     "assessment": TaskCode.SCHEDULE_ASSESSMENT,
     "preparation": TaskCode.SCHEDULE_PREPARATION,
@@ -16,7 +18,11 @@ KEEP_ON_EXIT = frozenset({Owner.BILLING})
 
 
 def inquiry_received(fx: Effects) -> None:
-    if fx.before.state == "new":
+    booked = any(
+        appointment["kind"] == "assessment" and appointment["status"] == "booked"
+        for appointment in fx.after.appointments.values()
+    )
+    if fx.before.state == "new" and not booked:
         fx.open_task(
             TaskCode.SCHEDULE_ASSESSMENT,
             Owner.SCHEDULER,
@@ -26,6 +32,27 @@ def inquiry_received(fx: Effects) -> None:
 
 def appointment_booked(fx: Effects) -> None:
     data = fx.data
+    if fx.release.chaperone_per_dosing:
+        confirmed = data.appointment_id in fx.after.chaperones_confirmed
+        _set_appointment(
+            fx,
+            data.appointment_id,
+            kind=data.kind,
+            starts_at=iso(data.starts_at),
+            booked_at=fx.at,
+            status="booked",
+            chaperone_at=fx.at if confirmed else None,
+        )
+    if fx.release.derives_from_facts and fx.before.state in OUT_OF_CARE:
+        # A booking for a client who has left care is a fact: someone should see why.
+        fx.open_task(
+            TaskCode.CLINICAL_REVIEW,
+            Owner.CLINICIAN,
+            fx.due_in(fx.policy.clinical_review_within),
+            about=data.appointment_id,
+            note=f"{data.kind} booked for a client who is {fx.before.state}",
+        )
+        return
     fx.close_tasks(BOOKING_CLOSES[data.kind])
     fx.close_tasks(TaskCode.RESCHEDULE_APPOINTMENT, about=data.kind)
     if data.kind != "dosing":
@@ -44,8 +71,16 @@ def appointment_booked(fx: Effects) -> None:
     )
 
 
-def _reschedule(fx: Effects) -> None:
+def _set_appointment(fx: Effects, appointment_id: str, **changes: object) -> None:
+    appointments = dict(fx.after.appointments)
+    appointments[appointment_id] = {**appointments.get(appointment_id, {}), **changes}
+    fx.after.appointments = appointments
+
+
+def _reschedule(fx: Effects, status: str) -> None:
     data = fx.data
+    if fx.release.chaperone_per_dosing and data.appointment_id in fx.after.appointments:
+        _set_appointment(fx, data.appointment_id, status=status)
     fx.close_tasks(
         TaskCode.CONFIRM_CHAPERONE,
         TaskCode.ABSTINENCE_REMINDER_BEFORE,
@@ -61,11 +96,11 @@ def _reschedule(fx: Effects) -> None:
 
 
 def appointment_cancelled(fx: Effects) -> None:
-    _reschedule(fx)
+    _reschedule(fx, "cancelled")
 
 
 def appointment_no_show(fx: Effects) -> None:
-    _reschedule(fx)
+    _reschedule(fx, "no_show")
     fx.after.no_shows += 1
     if fx.after.no_shows == fx.policy.no_show_review_threshold:
         fx.open_task(
@@ -81,6 +116,9 @@ def chaperone_confirmed(fx: Effects) -> None:
     appointment = fx.data.appointment_id
     if appointment not in fx.after.chaperones_confirmed:
         fx.after.chaperones_confirmed.append(appointment)
+    booked = fx.after.appointments.get(appointment) if fx.release.chaperone_per_dosing else None
+    if booked is not None and booked.get("chaperone_at") is None:
+        _set_appointment(fx, appointment, chaperone_at=fx.at)
     fx.close_tasks(TaskCode.CONFIRM_CHAPERONE, about=appointment)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from workflow.handlers.effects import Effects
+from workflow.handlers.prescriber import renewal_owner
 from workflow.tasks import Owner, Task, TaskCode, raise_priority
 from workflow.timers import (
     CLEARANCE_RENEWAL,
@@ -60,7 +61,7 @@ def subscription_ran_out(fx: Effects, timer: Timer) -> None:
         fx.after.hold_reasons.append("R9")
     fx.open_task(
         TaskCode.RENEW_LOW_DOSE_SUBSCRIPTION,
-        Owner.CLIENT,
+        renewal_owner(fx.release),
         fx.due_in(fx.policy.renewal_within),
         about=timer.basis,
     )

@@ -16,6 +16,7 @@ from statemachine import State, StateMachine
 # policy default changes an outcome.
 from workflow.releases import PATHWAY_VERSION  # noqa: E402,F401 - re-exported
 from workflow.states.rules import (
+    care_given_in_care,
     cleared_by_prescriber,
     completes_current_dosing,
     dosing_is_safe,
@@ -113,7 +114,7 @@ class CarePathway(StateMachine):
     )
     # The prescriber's message overtaken by a dosing: recorded where the client now stands.
     complete_evaluation |= _stay(
-        dosed, integrating, on_hold, validators=evaluation_names_matching_pathway
+        dosed, integrating, on_hold, *OUT_OF_CARE, validators=evaluation_names_matching_pathway
     )
     # A renewal cures a hold placed only because the subscription lapsed (R9): the client
     # returns where they were, as a clinician's release would return them.
@@ -128,22 +129,24 @@ class CarePathway(StateMachine):
             dosed=dosed,
             integrating=integrating,
         )
-        | _stay(on_hold, validators=names_clients_prescriber)
+        | _stay(on_hold, *OUT_OF_CARE, validators=names_clients_prescriber)
     )
     revoke_clearance = _each(
         *CLEARED_FOR_TREATMENT, to=on_hold, validators=names_clients_prescriber
-    ) | _stay(on_hold, validators=names_clients_prescriber)
+    ) | _stay(on_hold, *OUT_OF_CARE, validators=names_clients_prescriber)
     lapse_subscription = _each(
         *CLEARED_FOR_TREATMENT, to=on_hold, validators=lapse_is_of_low_dose_subscription
-    ) | _stay(on_hold, validators=lapse_is_of_low_dose_subscription)
+    ) | _stay(on_hold, *OUT_OF_CARE, validators=lapse_is_of_low_dose_subscription)
 
     # Preparation (R6) -------------------------------------------------------------------
     complete_preparation = (
         cleared.to(prepared, cond=marked_ready)
         | cleared.to.itself(internal=True, unless=marked_ready)
         | _stay(prepared, dosed, integrating)
-        # Preparation while the prescriber's clearance is still awaited: a fact, recorded.
-        | _stay(inquiry, assessed)
+        # Preparation while the prescriber's clearance is still awaited, or during a hold:
+        # a fact, recorded. After the client left care: recorded, a deviation to review.
+        | _stay(inquiry, assessed, on_hold)
+        | _stay(*OUT_OF_CARE, validators=care_given_in_care)
     )
 
     # Dosing and integration (R5–R9, R11, R12) -------------------------------------------
@@ -171,7 +174,7 @@ class CarePathway(StateMachine):
         | _stay(*IN_CARE, unless=is_severe)
         | _stay(on_hold, new, *OUT_OF_CARE)
     )
-    place_hold = _each(*IN_CARE, to=on_hold) | _stay(on_hold)
+    place_hold = _each(*IN_CARE, to=on_hold) | _stay(on_hold, *OUT_OF_CARE)
     release_hold = (
         on_hold.to(inquiry, cond=returns_to("inquiry"))
         | on_hold.to(assessed, cond=returns_to("assessed"))
@@ -179,14 +182,18 @@ class CarePathway(StateMachine):
         | on_hold.to(prepared, cond=returns_to("prepared"))
         | on_hold.to(dosed, cond=returns_to("dosed"))
         | on_hold.to(integrating, cond=returns_to("integrating"))
-        | _stay(*IN_CARE)  # released already (a renewal cured it): recorded, nothing changes
+        # Screened out during the hold (a prescriber did not clear, R5; an assessment, R1–R4).
+        | on_hold.to(ineligible, cond=returns_to("ineligible"))
+        # Released already (a renewal cured it), or out of care: recorded, nothing changes.
+        | _stay(*IN_CARE, *OUT_OF_CARE)
     )
 
-    # Scheduling facts: recorded in every open state ---------------------------------------
-    book_appointment = _stay(*OPEN)
-    cancel_appointment = _stay(*OPEN)
-    record_no_show = _stay(*OPEN)
-    confirm_chaperone = _stay(*OPEN)
+    # Scheduling facts: recorded in every known state (after leaving care too: facts) -------
+    # Before the inquiry too: the scheduling system may book before the enquiry is logged.
+    book_appointment = _stay(new, *KNOWN)
+    cancel_appointment = _stay(new, *KNOWN)
+    record_no_show = _stay(new, *KNOWN)
+    confirm_chaperone = _stay(new, *KNOWN)
 
     # Time (kapflow's clock) and tasks closed outside the pathway --------------------------
     reach_deadline = (
@@ -209,8 +216,8 @@ class CarePathway(StateMachine):
         on_hold,
         to=completed,
         validators=integration_not_owed,
-    )
-    withdraw = _each(*OPEN, ineligible, to=withdrawn)
+    ) | _stay(completed, withdrawn)
+    withdraw = _each(*OPEN, ineligible, to=withdrawn) | _stay(withdrawn, completed)
 
 
 # Which machine event each CloudEvents type triggers.

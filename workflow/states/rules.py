@@ -188,8 +188,18 @@ def r5_prescriber_fixes_pathway(ctx: RuleContext) -> Reason | None:
     return None
 
 
+def _clearance_not_heard_of_yet(ctx: RuleContext) -> None:
+    """Facts fold in event-time order (2026.12.1 on): a renewal, revocation or lapse before
+    any clearance is recorded refers to a clearance whose message has not arrived yet."""
+    if ctx.client.prescriber is None and ctx.release.derives_from_facts:
+        raise NotYetKnown(
+            (Reason("CLEARANCE_NOT_RECORDED", "the prescriber's clearance has not arrived"),)
+        )
+
+
 def r5_names_clients_prescriber(ctx: RuleContext) -> Reason | None:
     """Only the prescriber who cleared the client can renew or revoke that clearance."""
+    _clearance_not_heard_of_yet(ctx)
     if ctx.data.prescriber != ctx.client.prescriber:
         return Reason("R5", "prescriber is not the client's clearing prescriber", "data.prescriber")
     return None
@@ -370,6 +380,7 @@ def not_on_hold(ctx: RuleContext) -> Reason | None:
 
 
 def r9_subscription_is_low_dose(ctx: RuleContext) -> Reason | None:
+    _clearance_not_heard_of_yet(ctx)
     if ctx.client.pathway != "low_dose" or ctx.data.prescriber != "joyous":
         return Reason("R9", "only a Joyous low-dose client has a subscription", "data.prescriber")
     return None
@@ -388,7 +399,10 @@ def _session_is_known(ctx: RuleContext) -> Reason | None:
     if client.dosing(session) is not None:
         return None
     in_progress = client.current_dosing_session is not None and not client.dosing_completed
-    if ctx.event.type == "clinician.dosing_completed" and in_progress:
+    # Folding facts in event-time order, another session's completion may just not have
+    # arrived yet: the start of this one is awaited too (parked), not contradicted.
+    contradicted = in_progress and not ctx.release.derives_from_facts
+    if ctx.event.type == "clinician.dosing_completed" and contradicted:
         # Another session is under way and this one never started: a contradiction.
         return Reason("SESSION_MISMATCH", "session is not the latest dosing", "data.session_id")
     raise NotYetKnown(
@@ -461,6 +475,7 @@ dosing_is_safe = validator(
     ),
 )
 names_clients_prescriber = validator(r5_names_clients_prescriber)
+care_given_in_care = validator(in_care)
 lapse_is_of_low_dose_subscription = validator(r9_subscription_is_low_dose)
 completes_current_dosing = validator(session_is_current_dosing, dosing_not_yet_completed)
 integrates_latest_dosing = validator(session_is_current_dosing)

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_fixed
 
 from kapflow.bootstrap import bootstrap
 from kapflow.entrypoints.http import (
@@ -35,12 +36,16 @@ from kapflow.entrypoints.http import (
 )
 from kapflow.entrypoints.http.context import HttpSettings, Services, server_now
 from kapflow.entrypoints.http.errors import install_error_handlers
+from kapflow.entrypoints.http.headers import SecurityHeadersMiddleware
 from kapflow.entrypoints.http.keys import key_maintenance
 from kapflow.entrypoints.http.metrics import HttpMetricsMiddleware, ServiceMetrics
 from kapflow.entrypoints.http.readmodels import PathwayFunnel
 from kapflow.entrypoints.http.stream import OutboxFeed, state_change_of
+from kapflow.entrypoints.http.stream_access import StreamAccess
 from kapflow.entrypoints.http.stream_schema import stream_components
+from kapflow.service.clock import TickReport
 from kapflow.service.outbox import PruneSchedule
+from kapflow.settings import StreamSettings, load_stream_settings
 from workflow.states.pathway import PATHWAY_VERSION
 
 log = logging.getLogger("kapflow.http")
@@ -97,7 +102,7 @@ class RequestLogMiddleware:
         await self.app(scope, receive, send_wrapper)
 
 
-def _build_services(settings: HttpSettings) -> Services:
+def _build_services(settings: HttpSettings, streams: StreamSettings) -> Services:
     runtime = bootstrap(
         settings.db, access_log=True, writer_queue_events=max(100_000, settings.max_events)
     )
@@ -105,7 +110,11 @@ def _build_services(settings: HttpSettings) -> Services:
     assert writer is not None and runtime.access_log is not None, "asked for both"
     feed_reader = ThreadPoolExecutor(1, thread_name_prefix="kapflow-feed")
     feed = OutboxFeed(
-        store, feed_reader, poll_interval=settings.poll_interval, buffer_rows=settings.buffer_rows
+        store,
+        feed_reader,
+        poll_interval=settings.poll_interval,
+        buffer_rows=settings.buffer_rows,
+        backlog_readers=streams.backlog_readers,
     )
     metrics = ServiceMetrics(store, server_now)
     funnel = PathwayFunnel()
@@ -140,24 +149,27 @@ async def run_clock(ctx: Services) -> None:
         return
     clock = ctx.runtime.clock()
     prune = PruneSchedule(ctx.settings.outbox_retention)  # published rows, once an hour
-    failures = 0
-    while True:
+
+    async def tick() -> TickReport:
+        now = server_now()
+        # Upkeep too goes through the single writer: nothing else writes the database.
+        await asyncio.wrap_future(ctx.writer.maintain(partial(prune.run_if_due, now=now)))
+        return await asyncio.to_thread(clock.tick, now)
+
+    ticks = AsyncRetrying(
+        retry=retry_if_exception_type(Exception),  # the clock must outlive a bad tick
         # While the store is away, retry sooner than a full interval (bounded: at most
         # every second), so deadlines resume within about a second of the store's return.
-        await asyncio.sleep(min(interval, 1.0) if failures else interval)
-        now = server_now()
-        try:
-            # Upkeep too goes through the single writer: nothing else writes the database.
-            await asyncio.wrap_future(ctx.writer.maintain(partial(prune.run_if_due, now=now)))
-            report = await asyncio.to_thread(clock.tick, now)
-        except Exception as error:  # noqa: BLE001 - the clock must outlive a bad tick
-            failures += 1
-            if failures == 1 or failures % 60 == 0:  # one line a minute while it lasts
-                log.warning("clock tick failed (%s); retry %d", type(error).__name__, failures)
-            continue
+        wait=wait_fixed(min(interval, 1.0)),
+        before_sleep=_log_failed_tick,
+        reraise=True,  # a cancellation (shutdown) ends the clock
+    )
+    while True:
+        await asyncio.sleep(interval)
+        report: TickReport = await ticks(tick)
+        failures = ticks.statistics.get("attempt_number", 1) - 1
         if failures:
             log.warning("clock resumed after %d failed ticks", failures)
-            failures = 0
         accepted = sum(result.outcome == "accepted" for result in report.fired)
         if accepted or report.expired_parked:
             log.info(
@@ -165,6 +177,18 @@ async def run_clock(ctx: Services) -> None:
                 accepted,
                 len(report.expired_parked),
             )
+
+
+def _log_failed_tick(state: RetryCallState) -> None:
+    failures = state.attempt_number
+    if failures == 1 or failures % 60 == 0:  # one line a minute while it lasts
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("clock tick failed (%s); retry %d", type(error).__name__, failures)
+
+
+def _log_relay_not_started(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("Kafka relay cannot start (%s); retrying", type(error).__name__)
 
 
 async def run_kafka_relay(ctx: Services) -> None:
@@ -184,13 +208,13 @@ async def run_kafka_relay(ctx: Services) -> None:
 
     ctx.writer.add_listener(wake_relay)
     stop = asyncio.Event()
-    while True:
-        try:
-            await relay.start()
-            break
-        except Exception as error:  # noqa: BLE001 - the broker may come up later
-            log.warning("Kafka relay cannot start (%s); retrying", type(error).__name__)
-            await asyncio.sleep(5)
+    starts = AsyncRetrying(
+        retry=retry_if_exception_type(Exception),  # the broker may come up later
+        wait=wait_fixed(5),
+        before_sleep=_log_relay_not_started,
+        reraise=True,  # a cancellation (shutdown) ends the wait
+    )
+    await starts(relay.start)
     try:
         await relay.run(stop)
     finally:
@@ -200,7 +224,7 @@ async def run_kafka_relay(ctx: Services) -> None:
 def create_app(settings: HttpSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = _build_services(settings)
+        ctx = _build_services(settings, app.state.streams.settings)
         ctx.writer.start()
         await ctx.feed.start()
         # After the feed has fixed its starting point: see readmodels (no change is lost).
@@ -238,6 +262,10 @@ def create_app(settings: HttpSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.keys = settings.keys
+    # Stream tickets, the per-key cap, the end of streams whose key is withdrawn.
+    app.state.streams = StreamAccess.build(
+        load_stream_settings(), lambda: app.state.keys, server_now
+    )
     app.state.services = None
     app.state.settings = settings
     install_error_handlers(app)
@@ -248,6 +276,7 @@ def create_app(settings: HttpSettings) -> FastAPI:
         metrics=lambda: _metrics_of(app),
     )
     app.add_middleware(RequestLogMiddleware, insecure_dev=settings.insecure_dev)
+    app.add_middleware(SecurityHeadersMiddleware)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

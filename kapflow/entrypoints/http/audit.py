@@ -18,13 +18,8 @@ from fastapi.responses import Response, StreamingResponse
 from kapflow.entrypoints.http.auth import require
 from kapflow.entrypoints.http.context import record_access, services
 from kapflow.entrypoints.http.errors import ApiError, errors_for
-from kapflow.entrypoints.http.reads import (
-    CLIENT_ID_PATTERN,
-    ClientIdPath,
-    json_response,
-    parse_time,
-    time_query,
-)
+from kapflow.entrypoints.http.params import parse_time, time_query
+from kapflow.entrypoints.http.reads import CLIENT_ID_PATTERN, ClientIdPath, json_response
 from kapflow.entrypoints.http.schemas import (
     AccessRecordOut,
     HistoryEntryOut,

@@ -5,7 +5,9 @@ dependency finds the key, checks its role, and leaves the principal on `request.
 the access log. 401 and 403 bodies say what is missing, never anything about other keys.
 
 `EventSource` (the browser's SSE client) cannot send headers, so `/v1/stream` alone also
-accepts the key as `?access_token=`. Nowhere else: query strings end up in proxy logs.
+accepts a stream ticket, `?ticket=` (single use, short-lived, from `POST /v1/stream/ticket`
+with the key in the header: stream_access.py), and, deprecated, the key itself as
+`?access_token=`. Nowhere else: query strings end up in proxy logs and browser history.
 """
 
 from __future__ import annotations
@@ -25,15 +27,24 @@ bearer_scheme = HTTPBearer(auto_error=False, description="an API key from `kapfl
 query_token_scheme = APIKeyQuery(
     name="access_token",
     auto_error=False,
-    description="the API key, for EventSource clients of /v1/stream only",
+    description="deprecated: the API key itself, for EventSource clients of /v1/stream only "
+    "(use `ticket`)",
+)
+ticket_scheme = APIKeyQuery(
+    name="ticket",
+    scheme_name="StreamTicket",  # the default (the class name) is the access_token's
+    auto_error=False,
+    description="a stream ticket from `POST /v1/stream/ticket` (single use, short-lived), "
+    "for EventSource clients of /v1/stream only",
 )
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kapflow"'}
+_BAD_TICKET = "unknown, used or expired stream ticket: POST /v1/stream/ticket for a new one"
 
 Dependency = Callable[..., Awaitable[ApiKey]]
 
 
-def _check(request: Request, token: str | None, permission: str) -> ApiKey:
+def _check(request: Request, token: str | None, permission: str, ticket: bool = False) -> ApiKey:
     keys: KeyRing | None = request.app.state.keys
     if keys is None:  # --insecure-dev
         request.state.principal = INSECURE_DEV_KEY
@@ -48,13 +59,18 @@ def _check(request: Request, token: str | None, permission: str) -> ApiKey:
             permission=permission,
             roles_allowed=allowed,
         )
-    key = keys.authenticate(token)
+    key: ApiKey | None
+    if ticket:  # it stands for the key it was issued to, if still in the ring
+        key = request.app.state.streams.tickets.redeem(keys, token)
+    else:
+        key = keys.authenticate(token)
     refusal = key.refusal(server_now()) if key is not None else "unknown"
     if key is None or refusal is not None:
+        unknown = _BAD_TICKET if ticket else "unknown or revoked API key"
         raise ApiError(
             401,
             "unauthenticated",
-            "unknown or revoked API key" if key is None else f"{refusal} API key",
+            unknown if key is None else f"{refusal} API key",
             headers=_CHALLENGE,
             permission=permission,
             roles_allowed=allowed,
@@ -88,14 +104,29 @@ def require(permission: str) -> Dependency:
 
 
 def require_for_stream(permission: str) -> Dependency:
-    """As `require`, also accepting `?access_token=` (EventSource cannot set headers)."""
+    """As `require`, also accepting a stream ticket (`?ticket=`) and, unless the stream
+    settings refuse it, the deprecated `?access_token=` (EventSource cannot set headers)."""
 
     async def dependency(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+        ticket: Annotated[str | None, Depends(ticket_scheme)],
         access_token: Annotated[str | None, Depends(query_token_scheme)],
     ) -> ApiKey:
-        token = credentials.credentials if credentials else access_token
-        return _check(request, token, permission)
+        if credentials is not None:
+            return _check(request, credentials.credentials, permission)
+        if ticket:
+            return _check(request, ticket, permission, ticket=True)
+        if access_token and not request.app.state.streams.settings.allow_query_key:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "an API key in the URL is refused: send `Authorization: Bearer <key>`, or "
+                "open the stream with a ticket from POST /v1/stream/ticket",
+                headers=_CHALLENGE,
+                permission=permission,
+                roles_allowed=list(ROLES_WITH.get(permission, ())),
+            )
+        return _check(request, access_token, permission)
 
     return dependency

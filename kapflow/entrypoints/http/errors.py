@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kapflow.store.base import StoreError
 
@@ -117,15 +118,42 @@ def install_error_handlers(app: FastAPI) -> None:
             503, "database_unavailable", "the database is unavailable; retry later"
         )
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        # Type only: an exception message could carry request data.
-        log.error(
-            "internal error on %s %s: %s", request.method, _route(request), type(error).__name__
-        )
-        return error_response(500, "internal_error", "internal error; the request was logged")
+    # Innermost of the middlewares, so the request log and the metrics count the 500.
+    app.add_middleware(InternalErrorGuard)
 
 
 def _route(request: Request) -> str:
     route = request.scope.get("route")
     return str(getattr(route, "path", "?"))
+
+
+class InternalErrorGuard:
+    """The last catch of an unexpected exception: a 500 body and one log line naming the
+    error class, nothing else. Why not an `exception_handler(Exception)`: Starlette runs
+    that one and then re-raises, so the server logged the whole traceback, whose messages
+    can quote request values (a client id, a time, a row)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as error:  # noqa: BLE001 - the point: nothing escapes to the server
+            route = getattr(scope.get("route"), "path", "?")
+            log.error("internal error on %s %s: %s", scope["method"], route, type(error).__name__)
+            if not started:  # else the server ends the half-sent response: the client sees it
+                response = error_response(
+                    500, "internal_error", "internal error; the request was logged"
+                )
+                await response(scope, receive, send)

@@ -9,7 +9,11 @@ Status codes, decided once:
 - 400 the body is not JSON; 413 too big (bytes or events); 415 a non-JSON content type;
   422 JSON that is neither an object nor an array. Nothing is recorded for these.
 - 401/403 before anything is read into the engine; a publisher posting any event type
-  outside its prefixes fails the whole request (nothing recorded).
+  outside its prefixes fails the whole request (nothing recorded), and so does one posting
+  any event under a source its key does not name (`source_not_allowed`): (`source`, `id`)
+  is an event's identity (SPEC §3), and an id taken under another system's source would
+  make that system's real event a duplicate. Refusing the whole array, not the element,
+  keeps one rule for both refusals: a 403 means nothing of the request was recorded.
 - 503 the database or the writer is unavailable: nothing recorded, safe to retry
   (every event is idempotent on source + id).
 """
@@ -31,6 +35,7 @@ from kapflow.entrypoints.http.context import services
 from kapflow.entrypoints.http.errors import ApiError, errors_for
 from kapflow.entrypoints.http.schemas import OutcomeOut
 from kapflow.service.access import ApiKey, Permission
+from kapflow.service.identity import SOURCE_NOT_ALLOWED
 from kapflow.service.writer import WriterClosed, WriterOverloaded
 from kapflow.store.base import StoreError
 
@@ -210,6 +215,43 @@ def decode_events(body: bytes, max_events: int) -> tuple[list[bytes], list[Any],
     )
 
 
+def _shown(text: str) -> str:
+    # Echoed back as JSON: escape what is not valid Unicode (a lone surrogate).
+    return text[:128].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _refused_sources(items: list[Any], key: ApiKey) -> list[dict[str, Any]]:
+    if key.role != "publisher":
+        return []
+    refused = []
+    for index, item in enumerate(items):
+        # As for types: an element that claims no source is left to the schema check (a
+        # rejected outcome keyed by its content, never by an identity it does not have).
+        source = item.get("source") if isinstance(item, dict) else None
+        if isinstance(source, str) and not key.may_publish_source(source):
+            refused.append({"index": index, "source": _shown(source)})
+    return refused
+
+
+def _source_refusal(key: ApiKey, refused: list[dict[str, Any]]) -> ApiError:
+    if key.sources:
+        detail = f"key `{key.name}` may publish only under the sources: {', '.join(key.sources)}"
+    else:  # an entry from before keys named sources (service/access.py)
+        detail = (
+            f"key `{key.name}` names no sources, so it may publish nothing: add a `sources`"
+            " list to its entry in the keys file"
+        )
+    return ApiError(
+        403,
+        "source_not_allowed",
+        detail + "; nothing in this request was recorded",
+        permission=Permission.PUBLISH,
+        role=key.role,
+        allowed_sources=list(key.sources),
+        refused=refused[:20],
+    )
+
+
 def _refused_types(items: list[Any], key: ApiKey) -> list[dict[str, Any]]:
     if key.role != "publisher":
         return []
@@ -219,9 +261,7 @@ def _refused_types(items: list[Any], key: ApiKey) -> list[dict[str, Any]]:
         # check (a rejected outcome), since it claims no type it could be refused for.
         type_ = item.get("type") if isinstance(item, dict) else None
         if isinstance(type_, str) and not key.may_publish_type(type_):
-            # Echoed back as JSON: escape what is not valid Unicode (a lone surrogate).
-            shown = type_[:128].encode("utf-8", "backslashreplace").decode("utf-8")
-            refused.append({"index": index, "type": shown})
+            refused.append({"index": index, "type": _shown(type_)})
     return refused
 
 
@@ -256,6 +296,10 @@ async def publish_events(
             allowed_prefixes=list(key.prefixes),
             refused=refused[:20],
         )
+    foreign = _refused_sources(items, key)
+    if foreign:
+        ctx.metrics.identity_refusals.labels(SOURCE_NOT_ALLOWED).inc(len(foreign))
+        raise _source_refusal(key, foreign)
     try:
         results = await ctx.writer.publish(raw)
     except WriterOverloaded:

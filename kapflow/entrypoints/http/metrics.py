@@ -5,7 +5,8 @@ Counters and histograms are fed by the single writer's commit listener, the outb
 by owner, parked, rejections) are read from the store when Prometheus scrapes, so they are
 never stale and cost nothing between scrapes. Labels are bounded: event types outside the
 catalogue count as `unknown`, HTTP routes are the route templates, never raw paths (a path
-holds a client id).
+holds a client id; a path that matches no route is `unmatched`), methods outside the
+standard ones count as `other`, statuses are the few the service answers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events import EVENT_TYPES
 from kapflow.entrypoints.http.stream import FeedRow
+from kapflow.service.identity import ID_REUSED
 from kapflow.service.outbox import DEVIATIONS
 from kapflow.service.writer import Commit
 from kapflow.store.base import EventStore
@@ -30,6 +32,11 @@ from workflow.tasks import Owner, iso
 
 OWNERS = (Owner.SCHEDULER, Owner.CLINICIAN, Owner.BILLING, Owner.PRESCRIBER_LIAISON, Owner.CLIENT)
 _KNOWN_TYPES = frozenset(EVENT_TYPES)
+# The methods a label may name; any other (a client may send any token) counts as `other`,
+# so made-up methods cannot grow /metrics without limit.
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -125,6 +132,17 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        # Events refused for their identity (SPEC §3): `ID_REUSED` (an id seen again with
+        # other content, from the committed outcomes) and `SOURCE_NOT_ALLOWED` (a publisher
+        # key posting under a source it does not name; 403, nothing recorded). Either may
+        # be a publisher's bug or an attempt to silence another system's events: alert on
+        # any. Two reason codes, both kapflow's own: bounded.
+        self.identity_refusals = Counter(
+            "kapflow_event_identity_refusals",
+            "Events refused for their identity, by reason (ID_REUSED, SOURCE_NOT_ALLOWED)",
+            ["reason"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "kapflow_http_requests",
             "HTTP requests by route template, method and status",
@@ -150,6 +168,11 @@ class ServiceMetrics:
         )
         for (outcome, type_), count in tally.items():
             self.events.labels(outcome, type_).inc(count)
+        reused = sum(
+            1 for result in commit.results if any(r.code == ID_REUSED for r in result.reasons)
+        )
+        if reused:
+            self.identity_refusals.labels(ID_REUSED).inc(reused)
         for wait in commit.waits:
             self.request_seconds.observe(wait)
         self.transaction_seconds.observe(commit.seconds)
@@ -185,9 +208,8 @@ class HttpMetricsMiddleware:
                 metrics = self.metrics()
                 if metrics is not None:
                     route = getattr(scope.get("route"), "path", "unmatched")
-                    metrics.http_requests.labels(
-                        scope["method"], route, str(message["status"])
-                    ).inc()
+                    method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+                    metrics.http_requests.labels(method, route, str(message["status"])).inc()
                     metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
             await send(message)
 

@@ -7,7 +7,7 @@ them on its thread pool, where each thread keeps its own SQLite connection.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -18,6 +18,7 @@ from kapflow.entrypoints.http.auth import require
 from kapflow.entrypoints.http.context import record_access, server_now, services
 from kapflow.entrypoints.http.errors import ApiError, errors_for
 from kapflow.entrypoints.http.metrics import OWNERS
+from kapflow.entrypoints.http.params import later, parse_time, time_query
 from kapflow.entrypoints.http.readmodels import compute_stats
 from kapflow.entrypoints.http.schemas import (
     ClientOut,
@@ -44,30 +45,6 @@ CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
 ClientIdPath = Annotated[
     str, Path(pattern=CLIENT_ID_PATTERN, max_length=64, description="the client id (subject)")
 ]
-
-
-def parse_time(text: str | None, name: str) -> datetime | None:
-    """An RFC 3339 time with a zone, as UTC; 422 naming the parameter otherwise."""
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(
-            422, "invalid_parameter", f"`{name}` is not an RFC 3339 time", field=name
-        ) from None
-    if moment.tzinfo is None:
-        raise ApiError(422, "invalid_parameter", f"`{name}` needs a timezone", field=name)
-    return moment.astimezone(UTC)
-
-
-def time_query(description: str, alias: str | None = None) -> Any:
-    return Query(
-        alias=alias,
-        description=description,
-        examples=["2026-03-01T09:00:00Z"],
-        json_schema_extra={"format": "date-time"},
-    )
 
 
 def json_response(value: Any, headers: dict[str, str] | None = None) -> Response:
@@ -368,6 +345,6 @@ def list_deadlines(
 ) -> Response:
     moment = parse_time(now, "now") or server_now()
     ctx = services(request)
-    found = deadlines(ctx.store, ctx.runtime.policy, moment + timedelta(hours=within_hours))
+    found = deadlines(ctx.store, ctx.runtime.policy, later(moment, timedelta(hours=within_hours)))
     limit = iso(moment)
     return json_response([deadline_view(d, limit) for d in found], {"X-Kapflow-Now": limit})

@@ -12,8 +12,10 @@ import argparse
 import ipaddress
 import os
 import socket
+import ssl
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -62,7 +64,17 @@ class ServiceServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def uvicorn_config(settings: HttpSettings, host: str, port: int) -> uvicorn.Config:
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """`serve --tls-cert FILE --tls-key FILE`: PEM certificate chain and its private key."""
+
+    cert: str
+    key: str
+
+
+def uvicorn_config(
+    settings: HttpSettings, host: str, port: int, tls: TlsFiles | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(settings),
         host=host,
@@ -72,7 +84,26 @@ def uvicorn_config(settings: HttpSettings, host: str, port: int) -> uvicorn.Conf
         lifespan="on",
         timeout_graceful_shutdown=5,
         backlog=2048,
+        # Python's server defaults stand: TLS 1.2 at least, forward-secret AEAD ciphers.
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
     )
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS files asked for, checked now: a wrong file stops serve with one line."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise CannotServe("--tls-cert and --tls-key go together (PEM certificate and its key)")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except OSError as error:  # ssl.SSLError too: a missing file, not PEM, a key that does not match
+        raise CannotServe(
+            f"cannot use --tls-cert {cert} --tls-key {key}: {error.strerror or error}"
+        ) from None
+    return TlsFiles(cert, key)
 
 
 def _is_loopback(host: str) -> bool:
@@ -116,6 +147,7 @@ def settings_from_args(args: argparse.Namespace) -> HttpSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    tls = tls_from_args(args)
     if settings.kafka:
         from kapflow.settings import SettingsError, load_kafka_settings
 
@@ -128,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(INSECURE_BANNER)
 
     def started(server: ServiceServer) -> None:
-        base = f"http://{args.host}:{server.port}"
+        base = f"{'https' if tls else 'http'}://{args.host}:{server.port}"
         mode = (
             "INSECURE DEV MODE (no API keys)"
             if settings.insecure_dev
@@ -140,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         )
         sys.stderr.flush()
 
-    ServiceServer(uvicorn_config(settings, args.host, args.port), started).run()
+    ServiceServer(uvicorn_config(settings, args.host, args.port, tls), started).run()
     return 0
 
 

@@ -7,6 +7,14 @@ store for new outbox rows and renders each row once (`service.outbox.render`); e
 connection reads the feed's in-memory tail, or the store directly when it resumes from
 further back than the tail holds.
 
+Replays are paged and bounded (issue 18: 25 slow clients replaying from `after=0` once made
+`/healthz` take 3 s and RSS grow by 360 MiB): a stream holds at most one page of rows at a
+time and asks for the next only when the previous one was sent, so a slow client is held
+back by the socket (back-pressure) instead of piling rows up in memory. Backlog pages are
+read, rendered and encoded on a small pool of their own (`backlog_readers` threads, hence
+as many SQLite connections and page caches), never on the event loop and never on the
+default pool, which other requests need; each page goes out as one chunk.
+
 Wake-ups: the single writer wakes the feed right after each local commit; otherwise the
 feed polls every `poll_interval` seconds, which also picks up writes by other processes
 (`kapflow ingest`, a Kafka worker) on the same database.
@@ -21,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import logging
 import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -57,6 +66,15 @@ def rendered(rows: Iterable[OutboxRow]) -> list[FeedRow]:
             log.error("outbox row %d could not be rendered: %s", position, type(error).__name__)
             out.append(FeedRow(position, ()))
     return out
+
+
+def read_page(store: EventStore, position: int, limit: int) -> list[FeedRow]:
+    """One page of the backlog, read and rendered (on a backlog reader thread)."""
+    return rendered(store.outbox_after(position, limit))
+
+
+def _never() -> str | None:
+    return None
 
 
 def tail_position(store: EventStore) -> int:
@@ -102,6 +120,7 @@ class OutboxFeed:
         buffer_rows: int = 5000,
         page: int = 500,
         min_interval: float = 0.05,
+        backlog_readers: int = 2,
     ) -> None:
         self.store = store
         self.min_interval = min_interval
@@ -119,6 +138,7 @@ class OutboxFeed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._observers: list[Callable[[FeedRow], None]] = []
+        self._backlog = ThreadPoolExecutor(backlog_readers, thread_name_prefix="kapflow-backlog")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -135,12 +155,18 @@ class OutboxFeed:
         async with self._changed:
             self._changed.notify_all()
 
+    async def nudge(self) -> None:
+        """Wake every stream waiting for news, so each re-checks whether it should end."""
+        async with self._changed:
+            self._changed.notify_all()
+
     async def stop(self) -> None:
         await self.end_streams()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await self._task
+        self._backlog.shutdown(wait=False, cancel_futures=True)
 
     def observe(self, observer: Callable[[FeedRow], None]) -> None:
         """Called on the event loop for every new row the feed reads (read models)."""
@@ -195,22 +221,49 @@ class OutboxFeed:
                 return
 
     async def rows_after(self, position: int, limit: int = 500) -> list[FeedRow]:
-        """Rows after `position`, from the buffer when it covers them, else from the store."""
+        """Rows after `position`, from the buffer when it covers them, else one page read
+        from the store on a backlog reader thread."""
         if position >= self.base:
             start = bisect.bisect_right(self._positions, position)
             return self._rows[start : start + limit]
-        rows = await asyncio.to_thread(self.store.outbox_after, position, limit)
-        return rendered(rows)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._backlog, read_page, self.store, position, limit)
 
-    async def wait_beyond(self, position: int, timeout: float) -> bool:
-        """Until the feed has read past `position` (True) or `timeout` passes (False)."""
-        if self.head > position or self.stopping:
+    async def page_after(
+        self, position: int, limit: int, encode: Callable[[list[FeedRow]], bytes]
+    ) -> tuple[int, bytes] | None:
+        """The next page of at most `limit` rows after `position`, as `encode` makes it, and
+        the position it ends at; None when the feed has nothing after `position` yet.
+
+        A page from the store is read, rendered and encoded on a backlog reader thread
+        (`encode` must be a pure function of the rows)."""
+        if position >= self.base:
+            start = bisect.bisect_right(self._positions, position)
+            rows = self._rows[start : start + limit]
+            return (rows[-1].position, encode(rows)) if rows else None
+        base = self.base
+
+        def read() -> tuple[int, bytes]:
+            rows = read_page(self.store, position, limit)
+            # Nothing left before the buffer (pruned rows): go on from where it starts.
+            return (rows[-1].position, encode(rows)) if rows else (base, b"")
+
+        return await asyncio.get_running_loop().run_in_executor(self._backlog, read)
+
+    async def wait_beyond(
+        self, position: int, timeout: float, ended: Callable[[], str | None] = _never
+    ) -> bool:
+        """Until the feed has read past `position` or `ended()` names a reason (True), or
+        `timeout` passes (False)."""
+
+        def done() -> bool:
+            return self.head > position or self.stopping or ended() is not None
+
+        if done():
             return True
         async with self._changed:
             try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.head > position or self.stopping), timeout
-                )
+                await asyncio.wait_for(self._changed.wait_for(done), timeout)
             except TimeoutError:
                 return False
         return True
@@ -271,6 +324,19 @@ def _event_text(position: int, index: int, message: Message, redact: bool) -> by
     )
 
 
+def _row_text(row: FeedRow, topics: frozenset[str], redact: bool, after_index: int = -1) -> bytes:
+    """The SSE text of a row's messages (those of `topics`, after `after_index`)."""
+    return b"".join(
+        _event_text(row.position, i, message, redact)
+        for i, message in enumerate(row.messages)
+        if i > after_index and message.topic in topics
+    )
+
+
+def _page_text(rows: list[FeedRow], topics: frozenset[str], redact: bool) -> bytes:
+    return b"".join(_row_text(row, topics, redact) for row in rows)
+
+
 async def sse_events(
     feed: OutboxFeed,
     *,
@@ -279,32 +345,43 @@ async def sse_events(
     redact_originals: bool,
     keepalive: float,
     max_seconds: float = 0.0,
+    page: int = 100,
+    ended: Callable[[], str | None] = _never,
 ) -> AsyncIterator[bytes]:
     """The SSE body for one connection: resume point `after` = (position, index or None).
 
     `max_seconds` > 0 ends the response after about that long, between events: EventSource
     then reconnects with the last `id` it saw (as after any disconnect), so nothing is
     missed; proxies that cap a connection's lifetime, and tests, need an end.
+
+    `page` rows at most are held at a time, sent as one chunk; the next page is read only
+    once the server could send the last (back-pressure). `ended()` names why the stream
+    must end now (its key was revoked, say): it ends between pages with a comment saying
+    why.
     """
     ends = time.monotonic() + max_seconds if max_seconds > 0 else math.inf
+    encode = functools.partial(_page_text, topics=topics, redact=redact_originals)
     yield b"retry: 3000\n: kapflow stream\n\n"
     cursor, index = after
     if index is not None:
         # Resume inside row `cursor`: its messages after `index`, then the rows after it.
         for row in await feed.rows_after(cursor - 1, 1):
-            if row.position == cursor:
-                for i, message in enumerate(row.messages):
-                    if i > index and message.topic in topics:
-                        yield _event_text(row.position, i, message, redact_originals)
+            if row.position == cursor and (text := _row_text(row, topics, redact_originals, index)):
+                yield text
     while not feed.stopping and time.monotonic() < ends:
-        rows = await feed.rows_after(cursor)
-        if rows:
-            for row in rows:
-                for i, message in enumerate(row.messages):
-                    if message.topic in topics:
-                        yield _event_text(row.position, i, message, redact_originals)
-                cursor = row.position
+        why = ended()
+        if why is not None:
+            yield b": stream ended: %s\n\n" % why.encode()
+            return
+        found = await feed.page_after(cursor, page, encode)
+        if found is not None:
+            cursor, text = found
+            if text:
+                yield text
+            # A page from the in-memory tail involves no await of its own: let the other
+            # requests in between pages (a fast reader must not hold the loop).
+            await asyncio.sleep(0)
             continue
         wait = min(keepalive, max(ends - time.monotonic(), 0.0))
-        if not await feed.wait_beyond(cursor, wait) and wait == keepalive:
+        if not await feed.wait_beyond(cursor, wait, ended) and wait == keepalive:
             yield b": keep-alive\n\n"

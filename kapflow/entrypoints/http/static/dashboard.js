@@ -1,8 +1,9 @@
 // kapflow operations dashboard: no framework, no external files (served with a strict CSP).
 // Data: /v1/pathway once, /v1/stats on load and (debounced) after every streamed change,
 // /v1/stream/recent to fill the recent-changes and rejections lists on load, then
-// /v1/stream (Server-Sent Events) from exactly there; /v1/tasks for the work queue, whose
-// actions (common.js) are recorded as operations events.
+// /v1/stream (Server-Sent Events) from exactly there, opened with a single-use ticket so the
+// API key never goes into a URL; /v1/tasks for the work queue, whose actions (common.js) are
+// recorded as operations events.
 // Only ids and codes are shown: client ids, states, event types, reason codes.
 "use strict";
 
@@ -21,6 +22,8 @@
   let pathway = null;
   let refreshTimer = null;
   let retryTimer = null;
+  let retryDelay = 1000;
+  let streamAttempt = 0;
   let liveSince = 0;
   const seen = new Set();
   const nodes = {};
@@ -311,35 +314,55 @@
   }
 
   // --- the live stream -------------------------------------------------------------------
-  function connectStream() {
-    if (source) source.close();
+  // EventSource cannot send headers, and a key in a URL ends up in logs and history: each
+  // connection first asks for a single-use stream ticket (key in the header), then opens the
+  // stream with it. A spent ticket cannot reconnect, so EventSource's own reconnection is
+  // replaced by ours: close, new ticket, resume after the last row seen (`seen` drops the
+  // repeats). A revoked key is refused the ticket, which brings back the sign-in form.
+  function stopStream() {
+    streamAttempt += 1; // a connection still asking for its ticket will not open
     clearTimeout(retryTimer);
-    const params = new URLSearchParams();
-    if (resumeAfter !== null) params.set("after", String(resumeAfter));
-    if (K.hasKey()) params.set("access_token", K.key()); // EventSource cannot send headers
-    source = new EventSource("/v1/stream?" + params.toString());
+    if (source) source.close();
+    source = null;
+  }
+
+  async function connectStream() {
+    stopStream();
+    const attempt = streamAttempt;
     setConnection("reconnecting", "connecting");
-    source.onopen = () => {
+    let ticket;
+    try {
+      ticket = (await K.post("/v1/stream/ticket")).ticket;
+    } catch (error) {
+      if (attempt === streamAttempt) handleError(error);
+      return;
+    }
+    if (attempt !== streamAttempt) return;
+    const params = new URLSearchParams({ ticket });
+    if (resumeAfter !== null) params.set("after", String(resumeAfter));
+    const opened = new EventSource("/v1/stream?" + params.toString());
+    source = opened;
+    opened.onopen = () => {
+      retryDelay = 250; // a stream that ended after running reconnects almost at once
       liveSince = Date.now();
       setConnection("live", "live");
       scheduleRefresh();
     };
-    source.onerror = () => {
-      if (source.readyState === EventSource.CLOSED) {
-        setConnection("offline", "offline");
-        retryTimer = setTimeout(start, 5000); // re-checks the key, then reconnects
-      } else {
-        setConnection("reconnecting", "reconnecting");
-      }
+    opened.onerror = () => {
+      opened.close();
+      if (source !== opened) return;
+      setConnection("reconnecting", "reconnecting");
+      retryTimer = setTimeout(connectStream, retryDelay);
+      retryDelay = Math.min(retryDelay * 2, 30000); // the server may be down, or full (429)
     };
-    source.addEventListener("state-changes", (e) => onMessage("state", e));
-    source.addEventListener("rejected", (e) => onMessage("rejected", e));
-    source.addEventListener("tasks", (e) => onMessage("task", e));
+    opened.addEventListener("state-changes", (e) => onMessage("state", e));
+    opened.addEventListener("rejected", (e) => onMessage("rejected", e));
+    opened.addEventListener("tasks", (e) => onMessage("task", e));
   }
 
   // --- login -----------------------------------------------------------------------------
   function showLogin(message) {
-    if (source) source.close();
+    stopStream();
     setConnection("offline", "signed out");
     K.showLogin(message);
   }
@@ -373,7 +396,7 @@
 
   K.wireLogin(start);
   $("signout").addEventListener("click", () => {
-    if (source) source.close();
+    stopStream();
     setConnection("offline", "signed out");
   });
   for (const id of ["filter-owner", "filter-priority", "filter-overdue"]) {
