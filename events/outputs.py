@@ -70,6 +70,9 @@ class FhirShapedTask(_Output):
     amount_usd: str | None = None
     note: str | None = None
     about: str | None = None
+    claimed_by: str | None = Field(None, description="who claimed it (an operations actor)")
+    completed_by: str | None = Field(None, description="who completed it in the work queue")
+    cancelled_by: str | None = Field(None, description="who cancelled it in the work queue")
 
 
 class TaskChange(_Output):

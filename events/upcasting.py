@@ -26,6 +26,10 @@ Upcaster = Callable[[Document], Document]
 # listed has only ever had version 1.
 DATA_VERSIONS: dict[str, tuple[tuple[str, int], ...]] = {
     "clinician.dosing_started": (("0", 1), ("2026.12.1", 2)),
+    "operations.task_completed": (("0", 1), ("2026.12.1", 2)),
+    "operations.task_claimed": (("0", 1), ("2026.12.1", 2)),
+    "operations.task_cancelled": (("0", 1), ("2026.12.1", 2)),
+    "operations.task_reassigned": (("0", 1), ("2026.12.1", 2)),
 }
 
 
@@ -35,9 +39,19 @@ def _dosing_started_1_to_2(data: Document) -> Document:
     return {**data, "appointment_id": None}
 
 
+def _operations_1_to_2(data: Document) -> Document:
+    """Version 1 named no one who acted (SPEC §6 accountability came later): `actor` None,
+    which only a recorded event may carry."""
+    return {**data, "actor": None}
+
+
 # (type, version) → the function that turns that version's `data` into the next version's.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("clinician.dosing_started", 1): _dosing_started_1_to_2,
+    ("operations.task_completed", 1): _operations_1_to_2,
+    ("operations.task_claimed", 1): _operations_1_to_2,
+    ("operations.task_cancelled", 1): _operations_1_to_2,
+    ("operations.task_reassigned", 1): _operations_1_to_2,
 }
 
 

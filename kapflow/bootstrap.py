@@ -77,14 +77,17 @@ def bootstrap(
     batch_size: int = 500,
     access_log: bool = False,
     writer_queue_events: int | None = None,
+    read_only: bool = False,
 ) -> Runtime:
     """Open the runtime for the database at `db`.
 
     `access_log`: also open the access log (serve records reads; verify checks its chain).
     `writer_queue_events`: also build the single writer (serve), bounded to that many queued
     events; start it with `runtime.writer.start()`.
+    `read_only`: the command only reads, so opening the store never changes its
+    encryption mode or key check (store/codec.py `StoreAccess`).
     """
-    store = open_store(db, policy)
+    store = open_store(db, policy, access="read" if read_only else "write")
     try:
         log = open_access_log(db) if access_log else None
     except Exception:

@@ -24,6 +24,9 @@ from workflow.timers import CLOCK_SOURCE
 
 # A CloudEvents `source` (a URI-reference): visible ASCII, no space, as long as an event's.
 _SOURCE = re.compile(r"^[!-~]{1,512}$")
+# The kapflow roles a person may hold (never `publisher`: that is a system).
+_PERSON_ROLES = ("dashboard", "operations", "auditor", "admin")
+_LOOPBACK_HTTP = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d{1,5})?(/|$)")
 _BOOTSTRAP = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
 
 
@@ -221,4 +224,125 @@ def load_stream_settings() -> StreamSettings:
     except ValidationError as error:
         first = error.errors(include_input=False)[0]
         name = "KAPFLOW_STREAM_" + ".".join(str(part) for part in first["loc"]).upper()
+        raise SettingsError(f"invalid setting {name}: {first['msg']}") from error
+
+
+class OidcSettings(BaseSettings):
+    """People sign in with OpenID Connect (`kapflow serve`), from `KAPFLOW_OIDC_*`.
+
+    Unset issuer: OpenID Connect is off and only API keys are accepted. Services keep API
+    keys; people present the provider's access token (a signed JWT) as `Authorization:
+    Bearer`. The token must be issued by `issuer`, for `audience`, unexpired, and signed with
+    a key of the provider's JWKS (`jwks_url`, default: from the issuer's discovery document)
+    by one of `algorithms`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KAPFLOW_OIDC_", extra="forbid")
+
+    issuer: str | None = None
+    audience: str | None = None
+    jwks_url: str | None = None
+    algorithms: str = "RS256,ES256"
+    # Where the person's roles are in the token: a claim name, or a dotted path into nested
+    # claims (Keycloak: `realm_access.roles`); a list or a space-separated string.
+    roles_claim: str = "roles"
+    # The provider's role names → kapflow's (`role=kapflow_role`, comma-separated), on top
+    # of kapflow's own names (dashboard, operations, auditor, admin) and the task owners
+    # (scheduler, clinician, billing, prescriber_liaison: operations).
+    role_map: str = ""
+    # The claim that names the person in histories and the access log (a short token).
+    actor_claim: str = "sub"
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwks_cache_seconds: int = Field(default=300, ge=0, le=86_400)
+    http_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # The dashboard signs people in itself (authorization code + PKCE, from the browser) when
+    # a client id is set: the provider must know it as a public client (no secret) whose
+    # redirect URI is the dashboard's origin + `redirect_path` (the path the browser sees,
+    # behind a proxy that may add a prefix). The token is asked for `audience` as its
+    # resource indicator (RFC 8707), with `scopes`.
+    client_id: str | None = Field(default=None, min_length=1, max_length=200)
+    redirect_path: str = Field(default="/dashboard", pattern=r"^(/[A-Za-z0-9._~-]+)+/?$")
+    scopes: str = Field(default="openid", min_length=1, max_length=500)
+    # "Sign in with <provider_name>" (default: the issuer's host).
+    provider_name: str | None = Field(default=None, min_length=1, max_length=60)
+
+    @field_validator("issuer", "jwks_url")
+    @classmethod
+    def _https_or_loopback(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Kept exactly as given: the token's `iss` must equal it (some add a final `/`).
+        if not (value.startswith("https://") or _LOOPBACK_HTTP.match(value)):
+            raise ValueError("must be an https:// URL (http:// only on loopback)")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        allowed = {"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"}
+        if not names or not set(names) <= allowed:
+            raise ValueError(f"must be some of {', '.join(sorted(allowed))} (never HS*, none)")
+        return ",".join(names)
+
+    @field_validator("role_map")
+    @classmethod
+    def _pairs_of_known_roles(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            name, _, role = item.partition("=")
+            if not name.strip() or role.strip() not in _PERSON_ROLES:
+                raise ValueError(
+                    f"`{item}` must be NAME=ROLE, ROLE one of {', '.join(_PERSON_ROLES)}"
+                )
+        return ",".join(items)
+
+    @model_validator(mode="after")
+    def _audience_with_issuer(self) -> OidcSettings:
+        if self.issuer and not self.audience:
+            raise ValueError("audience is required with an issuer (KAPFLOW_OIDC_AUDIENCE)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.issuer is not None
+
+    @property
+    def browser_sign_in(self) -> bool:
+        """Whether the dashboard offers "Sign in with <provider>"."""
+        return self.issuer is not None and self.client_id is not None
+
+    @property
+    def role_names(self) -> dict[str, str]:
+        pairs = (item.split("=", 1) for item in self.role_map.split(",") if "=" in item)
+        return {name.strip(): role.strip() for name, role in pairs}
+
+
+def load_oidc_settings() -> OidcSettings:
+    """OpenID Connect settings from the environment; one clear line naming a wrong one."""
+    try:
+        return OidcSettings()
+    except ValidationError as error:
+        first = error.errors(include_input=False)[0]
+        name = "KAPFLOW_OIDC_" + ".".join(str(part) for part in first["loc"]).upper()
+        raise SettingsError(f"invalid setting {name}: {first['msg']}") from error
+
+
+class BreakGlassSettings(BaseSettings):
+    """Break-glass (issue 18), from `KAPFLOW_BREAK_GLASS_*`: how long an emergency read of
+    one client lasts. Short on purpose: the person asks again (and is reviewed again) if
+    the emergency goes on."""
+
+    model_config = SettingsConfigDict(env_prefix="KAPFLOW_BREAK_GLASS_", extra="forbid")
+
+    minutes: int = Field(default=30, ge=1, le=24 * 60)
+
+
+def load_break_glass_settings() -> BreakGlassSettings:
+    """Break-glass settings from the environment; one clear line naming a wrong one."""
+    try:
+        return BreakGlassSettings()
+    except ValidationError as error:
+        first = error.errors(include_input=False)[0]
+        name = "KAPFLOW_BREAK_GLASS_" + ".".join(str(part) for part in first["loc"]).upper()
         raise SettingsError(f"invalid setting {name}: {first['msg']}") from error

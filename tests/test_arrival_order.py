@@ -227,3 +227,30 @@ def test_stores_of_every_earlier_release_verify_and_their_clients_continue(tmp_p
             assert verify(store).ok, release
         finally:
             store.close()
+
+
+def test_an_event_dated_in_the_future_is_not_a_fact_yet(tmp_path: Path) -> None:
+    from datetime import UTC
+
+    now = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    store = open_store(f"sqlite:///{tmp_path / 'k.db'}")
+    service = IngestService(store, clock=lambda: now)
+    j = Journey(start=now + timedelta(minutes=30))
+    early = j.inquiry()
+    [result] = service.ingest_batch([early])
+    assert (result.outcome, [r.code for r in result.reasons]) == ("rejected", ["TIME_IN_FUTURE"])
+    assert store.get_client("c-1") is None
+    # Once its time has come, the same event is recorded: it was never receipted.
+    later = IngestService(store, clock=lambda: now + timedelta(hours=2))
+    [again] = later.ingest_batch([early])
+    assert again.outcome == "accepted", again.reasons
+    # Within the skew (5 min): a publisher's clock a little ahead is fine.
+    [skewed] = service.ingest_batch(
+        [
+            Journey("c-2", start=now).event(
+                "scheduling.inquiry_received", {"channel": "email"}, after=timedelta(minutes=4)
+            )
+        ]
+    )
+    assert skewed.outcome == "accepted"
+    store.close()

@@ -30,6 +30,7 @@ from kapflow.store.codec import (
     cipher_from_environment,
     generate_key,
 )
+from kapflow.store.sql import history_context, snapshot_context
 from workflow.policy import CarePolicy
 
 # Runs one statement on the database directly (an insider, not kapflow) and returns its rows.
@@ -65,18 +66,23 @@ def tamper(execute: Execute, codec: StorageCodec, clients: list[str], p: str) ->
         " AND type = 'clinician.assessment_completed' ORDER BY seq LIMIT 1",
         (forged,),
     )
-    text = re.sub(r'"age_years":\d+', '"age_years":17', codec.decode(event))
+    # With the key, as an insider holding it would: each value sealed for its own row.
+    place = history_context(forged, seq, "event")
+    text = re.sub(r'"age_years":\d+', '"age_years":17', codec.decode(event, place))
     execute(
         f"UPDATE history SET event = {p} WHERE client_id = {p} AND seq = {p}",
-        (codec.encode(text), forged, seq),
+        (codec.encode(text, place), forged, seq),
     )
     execute(f"DELETE FROM history WHERE client_id = {p} AND seq = 2", (gap,))
     [(stored,)] = execute(f"SELECT snapshot FROM clients WHERE client_id = {p}", (snapshot,))
-    record = json.loads(codec.decode(stored))
+    record = json.loads(codec.decode(stored, snapshot_context(snapshot)))
     record["preparation_sessions"] = record.get("preparation_sessions", 0) + 5
     execute(
         f"UPDATE clients SET snapshot = {p} WHERE client_id = {p}",
-        (codec.encode(json.dumps(record, separators=(",", ":"))), snapshot),
+        (
+            codec.encode(json.dumps(record, separators=(",", ":")), snapshot_context(snapshot)),
+            snapshot,
+        ),
     )
     execute(f"DELETE FROM history WHERE client_id = {p}", (no_history,))
 

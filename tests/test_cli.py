@@ -60,6 +60,16 @@ def test_ingest_prints_one_outcome_line_per_event_and_exits_zero(
     assert lines[8]["state"] == "dosed"
 
 
+def test_ingest_ends_with_a_summary_on_standard_error_and_keeps_standard_output_data(
+    journey_file: Path, sqlite_url: str
+) -> None:
+    result = kapflow("ingest", str(journey_file), db=sqlite_url)
+    assert len(result.stdout.splitlines()) == 11  # one JSON line per event, nothing else
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("ingested 11 events in ")
+    assert "accepted 7, deviation 1, duplicate 1, parked 0, rejected 2" in summary
+
+
 def test_ingest_reads_standard_input(journey_file: Path, sqlite_url: str) -> None:
     result = kapflow("ingest", "-", stdin=journey_file.read_text(), db=sqlite_url)
     assert len(result.stdout.splitlines()) == 11

@@ -90,7 +90,8 @@ def test_an_acknowledged_notification_does_not_escalate(clinic: Clinic) -> None:
     notify = open_task(clinic, "notify-prescriber-adverse-event")
     clinic.send(
         j.event(
-            "operations.task_completed", {"task_id": notify.id, "by_role": "prescriber_liaison"}
+            "operations.task_completed",
+            {"task_id": notify.id, "by_role": "prescriber_liaison", "actor": "pat"},
         )
     )
     assert "notify-prescriber-adverse-event" not in clinic.open_codes()
@@ -210,7 +211,9 @@ def test_billing_tasks_close_by_an_operations_event_even_after_the_course(clinic
     clinic.send(*j.to_prepared(), *j.dosing("s-1"), j.integration("s-1"), j.course_completed())
     bill = open_task(clinic, "bill-private-time")
     result = clinic.last(
-        j.event("operations.task_completed", {"task_id": bill.id, "by_role": "billing"})
+        j.event(
+            "operations.task_completed", {"task_id": bill.id, "by_role": "billing", "actor": "bo"}
+        )
     )
     assert (result.outcome, result.state) == ("accepted", "completed")
     assert "bill-private-time" not in clinic.open_codes()

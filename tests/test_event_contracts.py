@@ -22,8 +22,9 @@ def valid() -> dict[str, Any]:
 
 def test_every_spec_event_type_has_a_contract() -> None:
     # The 21 types of SPEC §3, plus the work queue's operations events: a task completed
-    # (billing done, prescriber notified, reminder sent), claimed, cancelled or reassigned.
-    assert len(EVENT_TYPES) == 25
+    # (billing done, prescriber notified, reminder sent), claimed, cancelled or reassigned,
+    # and a break-glass read (issue 18).
+    assert len(EVENT_TYPES) == 26
     assert "clinician.hold_placed" in EVENT_TYPES and "system.deadline_reached" in EVENT_TYPES
 
 

@@ -368,6 +368,27 @@ def test_sensitive_reads_are_in_the_access_log_with_who_what_and_which_client(
     assert all(r["who"] == "auditor-key" and r["role"] == "auditor" for r in log.json())
 
 
+def test_every_read_of_clinical_data_names_who_read_it(
+    service: Service, prepared_client: Journey
+) -> None:
+    """SPEC §6: every read of clinical data is in the access log, not only the audits."""
+    with service.client("auditor") as auditor:
+        auditor.get("/v1/clients/c-api-1")
+        auditor.get("/v1/clients/c-api-1/readiness", params={"at": "2026-02-01T00:00:00Z"})
+        auditor.get("/v1/deviations", params={"client": "c-api-1"})
+        auditor.get("/v1/tasks", params={"client": "c-api-1"})
+        auditor.get("/v1/clients", params={"state": "prepared"})
+        log = auditor.get("/v1/access-log", params={"who": "auditor-key"})
+    actions = {(r["action"], r["client_id"]) for r in log.json()}
+    assert {
+        ("client", "c-api-1"),
+        ("readiness", "c-api-1"),
+        ("deviations", "c-api-1"),
+        ("tasks", "c-api-1"),
+        ("clients", None),
+    } <= actions
+
+
 def test_the_access_log_survives_a_restart(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'k.db'}"
     server, secrets = start_service(db)

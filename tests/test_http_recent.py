@@ -38,7 +38,12 @@ def test_recent_state_changes_are_found_behind_a_thousand_task_updates(service: 
         [
             j.event(
                 "operations.task_reassigned",
-                {"task_id": task["id"], "to_role": roles[n % 2], "by_role": "scheduler"},
+                {
+                    "task_id": task["id"],
+                    "to_role": roles[n % 2],
+                    "by_role": "scheduler",
+                    "actor": "sam",
+                },
                 source="urn:kapflow:operations",
             )
             for n in range(1000)

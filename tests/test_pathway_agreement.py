@@ -70,15 +70,21 @@ def event_variants() -> list[CloudEvent]:
         j.reassessment(),
         j.deadline("t-1"),
         j.deadline(timer_id("c-1", SUBSCRIPTION_END, PAID_UNTIL)),
-        j.event("operations.task_completed", {"task_id": "t-1", "by_role": "billing"}),
-        j.event("operations.task_claimed", {"task_id": "t-1", "by_role": "billing"}),
+        j.event(
+            "operations.task_completed", {"task_id": "t-1", "by_role": "billing", "actor": "bo"}
+        ),
+        j.event("operations.task_claimed", {"task_id": "t-1", "by_role": "billing", "actor": "bo"}),
         j.event(
             "operations.task_cancelled",
-            {"task_id": "t-1", "reason": "not_applicable", "by_role": "billing"},
+            {"task_id": "t-1", "reason": "not_applicable", "by_role": "billing", "actor": "bo"},
         ),
         j.event(
             "operations.task_reassigned",
-            {"task_id": "t-1", "to_role": "clinician", "by_role": "billing"},
+            {"task_id": "t-1", "to_role": "clinician", "by_role": "billing", "actor": "bo"},
+        ),
+        j.event(
+            "operations.break_glass_invoked",
+            {"actor": "bo", "reason": "emergency_care", "minutes": 30},
         ),
     ]
     return [_event(item) for item in raw]

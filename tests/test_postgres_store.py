@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +228,9 @@ def test_postgres_records_a_cohort_exactly_as_sqlite_does(
 ) -> None:
     lines = cohort(clients=60, seed=7)
     sqlite_store = open_store(sqlite_url)
+    recorded_at = datetime(2026, 12, 1, tzinfo=UTC)  # after the cohort: none of it is future
     for store in (sqlite_store, postgres_store):
-        service = IngestService(store, clock=lambda: FIXED_NOW, batch_size=97)
+        service = IngestService(store, clock=lambda: recorded_at, batch_size=97)
         list(service.ingest_stream(lines))
 
     recorded = everything(postgres_store)

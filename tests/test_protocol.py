@@ -84,3 +84,31 @@ def test_kapflow_protocol_prints_the_markdown_document() -> None:
     printed = kapflow("protocol").stdout
     assert printed.startswith("# KAP care pathway — protocol")
     assert "## Rules" in printed and "### R12" in printed
+
+
+def test_the_protocol_of_every_release_lists_the_releases_and_what_each_changed() -> None:
+    from workflow.releases import RELEASES
+
+    for version in RELEASES:
+        text = protocol_markdown(protocol_document(version))
+        assert text.startswith(f"# KAP care pathway — protocol, pathway version {version}")
+        assert f"| {version} (this document) |" in text
+        assert all(f"| {other}" in text for other in RELEASES)
+    earlier = protocol_markdown(protocol_document("2026.11.5"))
+    assert "an earlier release" in earlier and "- `derives_from_facts`: off" in earlier
+    assert "- `derives_from_facts`: on" in protocol_markdown(protocol_document())
+
+
+def test_the_html_page_is_the_markdown_document_rendered() -> None:
+    document = protocol_document("2026.11.4")
+    html = render_protocol(document)
+    assert '<h3 id="R12">' in html and '<h2 id="pathway-releases">' in html
+    assert "<table>" in html and '<th scope="col">' in html
+    assert "```" not in html  # the Markdown is rendered, not shown
+
+
+def test_kapflow_protocol_prints_an_earlier_release_and_refuses_an_unknown_one() -> None:
+    printed = kapflow("protocol", "--release", "2026.11.3").stdout
+    assert printed.startswith("# KAP care pathway — protocol, pathway version 2026.11.3")
+    refused = kapflow("protocol", "--release", "1999.1.1", check=False)
+    assert refused.returncode == 2 and "known: 2026.11.3" in refused.stderr

@@ -3,8 +3,6 @@ in the client's history (so the stream shows it and replay rebuilds the queue ex
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from builders import Journey
 from conftest import FIXED_NOW, Clinic
@@ -20,7 +18,7 @@ from kapflow.service.work_queue import (
 )
 from workflow.tasks import Task, TaskCode
 
-ACTED_AT = FIXED_NOW + timedelta(days=1)
+ACTED_AT = FIXED_NOW  # staff act at the clinic's now (a later time is not a fact yet)
 
 
 def _assessment_task(clinic: Clinic) -> Task:
@@ -78,7 +76,7 @@ def test_completing_a_task_is_recorded_in_the_clients_history(clinic: Clinic) ->
     assert done is not None and done.status == "completed"
     last = clinic.store.history("c-1")[-1]
     assert (last.source, last.type) == (OPERATIONS_SOURCE, "operations.task_completed")
-    assert last.occurred_at == "2026-06-02T12:00:00Z"
+    assert last.occurred_at == "2026-06-01T12:00:00Z"
 
 
 def test_a_retried_request_with_the_same_idempotency_key_is_a_duplicate(clinic: Clinic) -> None:

@@ -67,6 +67,7 @@ FACT_ORDER: tuple[str, ...] = (
     "operations.task_reassigned",
     "operations.task_completed",
     "operations.task_cancelled",
+    "operations.break_glass_invoked",
     "system.deadline_reached",
     "clinician.course_completed",
     "scheduling.client_withdrew",

@@ -36,6 +36,9 @@ class CarePolicy:
     deviation_review_within: timedelta = timedelta(days=1)
     stat_deviation_review_within: timedelta = timedelta(hours=4)
     clinical_review_within: timedelta = timedelta(days=3)
+    # Issue 18: an emergency (break-glass) read of a record is reviewed by a clinician the
+    # next day, while the reason is still fresh.
+    break_glass_review_within: timedelta = timedelta(days=1)
     reschedule_within: timedelta = timedelta(days=2)
     renewal_within: timedelta = timedelta(days=7)
     billing_within: timedelta = timedelta(days=30)

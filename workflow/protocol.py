@@ -28,6 +28,7 @@ from typing import Any
 from events.registry import EVENT_MODELS
 from workflow import handlers, policy, tasks
 from workflow.handlers import HANDLERS
+from workflow.releases import RELEASES, PathwayRelease, release_of
 from workflow.states import rules
 from workflow.states.diagram import mermaid
 from workflow.states.pathway import (
@@ -133,6 +134,16 @@ class StateDoc:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseDoc:
+    """A pathway release: its version and what it changed from the one before (the
+    switches it turned on, in the words of workflow/releases.py)."""
+
+    version: str
+    changes: tuple[str, ...]
+    switches: tuple[tuple[str, bool], ...]  # every switch, on or off in this release
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolDocument:
     version: str
     states: tuple[StateDoc, ...]
@@ -142,6 +153,8 @@ class ProtocolDocument:
     rules: tuple[RuleDoc, ...]
     tasks: tuple[TaskDoc, ...]
     policy: tuple[PolicyDoc, ...]
+    releases: tuple[ReleaseDoc, ...] = ()
+    current: str = PATHWAY_VERSION  # the release this build records with
 
 
 # --- reading the code ----------------------------------------------------------------------
@@ -469,7 +482,47 @@ def _event_docs() -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
-def protocol_document() -> ProtocolDocument:
+def _switch_meanings() -> dict[str, str]:
+    """Each switch of `PathwayRelease`, in the words of the comment above it."""
+    meanings: dict[str, str] = {}
+    comment: list[str] = []
+    for line in inspect.getsource(PathwayRelease).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            comment.append(text.lstrip("# "))
+            continue
+        name = text.split(":", 1)[0]
+        if comment and name.isidentifier() and name != "version":
+            meanings[name] = " ".join(comment)
+        comment = []
+    return meanings
+
+
+def _release_docs() -> tuple[ReleaseDoc, ...]:
+    meanings = _switch_meanings()
+    docs: list[ReleaseDoc] = []
+    previous: PathwayRelease | None = None
+    for release in RELEASES.values():
+        switches = tuple(
+            (name, bool(getattr(release, name))) for name in meanings if hasattr(release, name)
+        )
+        changed = tuple(
+            meanings[name]
+            for name, on in switches
+            if previous is None or on != bool(getattr(previous, name))
+            if on or previous is not None
+        )
+        docs.append(ReleaseDoc(release.version, changed or ("the first release",), switches))
+        previous = release
+    return tuple(docs)
+
+
+def protocol_document(release: str | None = None) -> ProtocolDocument:
+    """The protocol as the code states it, for `release` (default: the current one). Every
+    release shares the pathway, rules and tasks; what differs is the set of switches that
+    say how that release applied them (workflow/releases.py). Raises UnknownPathwayVersion
+    for a release this build does not know."""
+    version = release_of(release).version if release else PATHWAY_VERSION
     transitions = tuple(_transitions())
     states = tuple(
         StateDoc(
@@ -480,7 +533,7 @@ def protocol_document() -> ProtocolDocument:
         for state in CLIENT_STATES
     )
     return ProtocolDocument(
-        PATHWAY_VERSION,
+        version,
         states,
         mermaid(),
         transitions,
@@ -488,6 +541,7 @@ def protocol_document() -> ProtocolDocument:
         _rule_docs(transitions),
         _task_docs(),
         _policy_docs(),
+        _release_docs(),
     )
 
 
@@ -496,6 +550,27 @@ def protocol_document() -> ProtocolDocument:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or "—"
+
+
+def _releases_markdown(doc: ProtocolDocument) -> list[str]:
+    out = ["", "## Pathway releases", ""]
+    if doc.version != doc.current:
+        out += [
+            f"This document is for release {doc.version}, an earlier release: the states, "
+            "transitions, rules and tasks below are the shared core every release runs; the "
+            f"switches of {doc.version} (below) say how it applied them. Histories it "
+            "recorded are verified under those switches.",
+            "",
+        ]
+    out += ["| release | what changed |", "|---|---|"]
+    for release in doc.releases:
+        mark = " (this document)" if release.version == doc.version else ""
+        out.append(f"| {release.version}{mark} | {_cell(' '.join(release.changes))} |")
+    selected = next((r for r in doc.releases if r.version == doc.version), None)
+    if selected is not None:
+        out += ["", f"Switches of release {doc.version}:", ""]
+        out += [f"- `{name}`: {'on' if on else 'off'}" for name, on in selected.switches]
+    return out
 
 
 def protocol_markdown(document: ProtocolDocument | None = None) -> str:
@@ -514,6 +589,7 @@ def protocol_markdown(document: ProtocolDocument | None = None) -> str:
     out += [
         f"| `{s.id}` | {'yes' if s.on_main_line else ''} | {_cell(s.meaning)} |" for s in doc.states
     ]
+    out += _releases_markdown(doc)
     out += ["", "## Diagram", "", "```mermaid", doc.mermaid.rstrip(), "```", ""]
     out += ["## Events and transitions", ""]
     out += [

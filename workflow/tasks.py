@@ -59,6 +59,7 @@ class TaskCode:
     RENEW_MEDICAL_CLEARANCE = "renew-medical-clearance"
     FOLLOW_UP_INACTIVE_CLIENT = "follow-up-inactive-client"
     REVIEW_PROTOCOL_DEVIATION = "review-protocol-deviation"
+    REVIEW_BREAK_GLASS_ACCESS = "review-break-glass-access"
 
 
 # What each code means to the person who owns it (FHIR Task.description).
@@ -88,6 +89,8 @@ DESCRIPTIONS: dict[str, str] = {
     TaskCode.FOLLOW_UP_INACTIVE_CLIENT: "Follow up: no activity for 90 days",
     TaskCode.REVIEW_PROTOCOL_DEVIATION: "Review a protocol deviation: a fact of care that "
     "broke a rule of the programme",
+    TaskCode.REVIEW_BREAK_GLASS_ACCESS: "Review an emergency (break-glass) read of the "
+    "client's record: was it justified?",
 }
 
 
@@ -140,6 +143,11 @@ class Task:
     note: str | None = None
     # Extra keys for the task a later event closes (an appointment id, a dosing session).
     about: str | None = None
+    # Who claimed, completed or cancelled it through the work queue (the operations event's
+    # `actor`, SPEC §6): FHIR Task has no claimant, and `owner` stays the role.
+    claimed_by: str | None = None
+    completed_by: str | None = None
+    cancelled_by: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -161,6 +169,9 @@ class Task:
             self.amount_usd,
             self.note,
             self.about,
+            self.claimed_by,
+            self.completed_by,
+            self.cancelled_by,
         )
 
     def with_priority(self, priority: str, at: str) -> Task:
@@ -196,6 +207,12 @@ class Task:
             out["note"] = self.note
         if self.about is not None:
             out["about"] = self.about
+        if self.claimed_by is not None:
+            out["claimed_by"] = self.claimed_by
+        if self.completed_by is not None:
+            out["completed_by"] = self.completed_by
+        if self.cancelled_by is not None:
+            out["cancelled_by"] = self.cancelled_by
         return out
 
     @classmethod

@@ -95,7 +95,7 @@ def _staff_event(task: Task, at: str) -> dict[str, Any]:
         "subject": task.for_,
         "time": at,
         "datacontenttype": "application/json",
-        "data": {"task_id": task.id, "by_role": task.owner},
+        "data": {"task_id": task.id, "by_role": task.owner, "actor": "demo-staff"},
     }
 
 
@@ -119,7 +119,11 @@ def run_clinic(
     pending = next(events, None)
     planned: dict[str, datetime] = {}
     last_seen: dict[str, str] = {}  # client → time of its latest event sent so far
+    recording_clock = service.clock
     for day_end in _days(start, now):
+        # The simulated clinic records each day at its end: what it sends that day is never
+        # in its own future (TIME_IN_FUTURE), and `--known-at` replays follow its days.
+        service.clock = lambda day_end=day_end: day_end  # type: ignore[misc]
         limit = iso(day_end)
         todays: list[dict[str, Any]] = []
         while pending is not None and pending["time"] <= limit:
@@ -132,6 +136,7 @@ def run_clinic(
         ticked = tick(service, day_end)
         report.clock += ticked.fired
         report.results += ticked.expired_parked
+    service.clock = recording_clock
     return report
 
 

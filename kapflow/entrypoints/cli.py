@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -52,17 +53,50 @@ def _print_json(value: Any, out: TextIO | None = None) -> None:
     (out or sys.stdout).write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+# Commands that only read: their store is opened read-only, so a key in their environment
+# never marks a plain store encrypted behind a keyless server's back (issue 18).
+READ_COMMANDS = frozenset(
+    {"client", "history", "replay", "tasks", "verify", "export", "deviations", "check"}
+    | {"deadlines", "parked"}
+)
+
+
 def _runtime(args: argparse.Namespace, **options: Any) -> Runtime:
     from kapflow.bootstrap import bootstrap
 
+    # `kapflow tasks complete ID` and the like record an event: they write.
+    acts = args.command == "tasks" and args.action is not None
+    read_only = args.command in READ_COMMANDS and not acts
     try:
-        return bootstrap(args.db, **options)
+        return bootstrap(args.db, read_only=read_only, **options)
     except StoreError as error:
         raise CommandError(str(error)) from error
 
 
 def _store(args: argparse.Namespace) -> EventStore:
     return _runtime(args).store
+
+
+def _record_read(
+    args: argparse.Namespace,
+    action: str,
+    client_id: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """SPEC §6: a read of clinical data from the command line is in the access log too, named
+    by the operating-system user, recorded before anything is printed (not recorded: not
+    served)."""
+    from kapflow.service.access import record_cli_read
+    from kapflow.store.access_log import open_access_log
+
+    try:
+        access_log = open_access_log(args.db)
+        try:
+            record_cli_read(access_log, action, client_id, detail)
+        finally:
+            access_log.close()
+    except StoreError as error:
+        raise CommandError(f"cannot record this read in the access log: {error}") from error
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -99,18 +133,29 @@ def _event_lines(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from kapflow.entrypoints.progress import ingest_progress, ingest_summary
+
     runtime = _runtime(args, batch_size=args.batch_size)
     write = sys.stdout.write
     dumps = orjson.dumps  # compact JSON, UTF-8 as is: one line per event
-    for result in runtime.service.ingest_stream(_read_lines(args.file)):
-        write(dumps(result.as_dict()).decode() + "\n")
+    counts: Counter[str] = Counter()
+    started = time.perf_counter()
+    with ingest_progress(enabled=not args.no_progress) as advance:
+        for result in runtime.service.ingest_stream(_read_lines(args.file)):
+            write(dumps(result.as_dict()).decode() + "\n")
+            counts[result.outcome] += 1
+            advance()
     sys.stdout.flush()
     runtime.close()
+    # Standard output stays one JSON line per event; the person at the terminal gets a sum.
+    print(ingest_summary(counts, time.perf_counter() - started), file=sys.stderr)
     return 0
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    view = _known_client(_store(args), args.client_id).view()
+    store = _store(args)
+    _record_read(args, "client", args.client_id)
+    view = _known_client(store, args.client_id).view()
     if args.json:
         _print_json(view)
     else:
@@ -146,6 +191,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from workflow.readiness import dosing_readiness
 
     runtime = _runtime(args)
+    _record_read(args, "check", args.client_id, "action=dose")
     client = _known_client(runtime.store, args.client_id)
     readiness = dosing_readiness(client, args.at or _now_default(), runtime.policy)
     if args.json:
@@ -167,8 +213,15 @@ def cmd_deviations(args: argparse.Namespace) -> int:
     from kapflow.service.deviations import recorded_deviations, write_deviations
     from workflow.tasks import iso
 
+    store = _store(args)
+    detail = ",".join(
+        f"{name}={iso(value)}"
+        for name, value in (("from", args.from_time), ("to", args.to_time))
+        if value is not None
+    )
+    _record_read(args, "deviations", args.client, detail or None)
     rows = recorded_deviations(
-        _store(args),
+        store,
         since=iso(args.from_time) if args.from_time else None,
         until=iso(args.to_time) if args.to_time else None,
         open_only=args.open,
@@ -189,6 +242,7 @@ def cmd_deviations(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     store = _store(args)
+    _record_read(args, "history", args.client_id)
     entries = store.history(args.client_id)
     if not entries:
         raise CommandError(f"client {args.client_id} has no history", 1)
@@ -207,8 +261,15 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from kapflow.service.audit import replay_view
+    from workflow.tasks import iso
 
     store = _store(args)
+    detail = ",".join(
+        f"{name}={iso(value)}"
+        for name, value in (("as_of", args.as_of), ("known_at", args.known_at))
+        if value is not None
+    )
+    _record_read(args, "replay", args.client_id, detail or None)
     entries = store.history(args.client_id)
     if not entries:
         raise CommandError(f"client {args.client_id} has no history", 1)
@@ -229,6 +290,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if args.overdue and args.now is None:
         raise CommandError("--overdue needs --now TIME (the engine never reads the clock)")
     store = _store(args)
+    _record_read(args, "tasks", args.client, f"owner={args.owner}" if args.owner else None)
     tasks = store.tasks(
         open_only=args.open or args.overdue,
         owner=args.owner,
@@ -403,20 +465,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from kapflow.service.audit import verify, verify_access_log
+    from kapflow.service.audit import Divergence, verify, verify_access_log
+    from kapflow.service.store_head import check_store_head, head_key
     from kapflow.service.verification import default_jobs
 
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise CommandError("--jobs is a number of processes: 1 or more")
+    try:
+        key = head_key(args.head_key_file)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot read the head key: {error}") from error
     runtime = _runtime(args, access_log=True)
     assert runtime.access_log is not None, "asked for"
     access = verify_access_log(runtime.access_log, args.access_log_head)
     runtime.access_log.close()  # not carried into the worker processes verify forks
+    # Taken before the histories are verified: the head covers no row verify did not see.
+    head = check_store_head(runtime.store, key, args.store_head)
     report = verify(runtime.store, jobs=jobs)
     report.divergences.extend(access.divergences)
+    report.divergences.extend(Divergence("-", None, "store-head", p) for p in head.problems)
     if args.json:
-        _print_json(report.as_dict() | {"access_log": access.as_dict()})
+        _print_json(
+            report.as_dict() | {"access_log": access.as_dict(), "store_head": head.as_dict()}
+        )
     else:
         for d in report.divergences:
             print(f"DIVERGENCE {d.kind:<10} client={d.client_id} seq={d.seq}: {d.detail}")
@@ -427,6 +499,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 f"access log: {access.rows} rows chained; head {access.head_position}:"
                 f"{access.head_hash} (keep it; check later with --access-log-head)"
             )
+        keying = (
+            "HMAC-SHA256 with the head key"
+            if head.head.keyed
+            else "plain SHA-256: no head key, so anyone with the database can recompute it"
+        )
+        print(f"store head: {head.head.text()} ({keying}; keep it; check later with --store-head)")
     return 0 if report.ok else 1
 
 
@@ -460,6 +538,16 @@ def _access_log_head(text: str) -> tuple[int, str]:
     return int(position), digest
 
 
+def _store_head(text: str) -> str:
+    from kapflow.service.store_head import parse_store_head
+
+    try:
+        parse_store_head(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def cmd_access_log(args: argparse.Namespace) -> int:
     from kapflow.service.audit import write_access_log
     from kapflow.store.access_log import iter_entries, open_access_log
@@ -486,6 +574,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from kapflow.service.audit import export_decisions, iter_rejections
 
     store = _store(args)
+    _record_read(args, "export", args.client, f"format={args.format}")
     entries = store.history(args.client) if args.client else store.iter_history()
     rejections = iter_rejections(store, args.client) if args.include_rejections else None
     if args.out:
@@ -518,9 +607,12 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from workflow.protocol import protocol_markdown
+    from workflow.protocol import protocol_document, protocol_markdown
+    from workflow.releases import RELEASES
 
-    text = protocol_markdown()
+    if args.release is not None and args.release not in RELEASES:
+        raise CommandError(f"unknown pathway release {args.release}; known: {', '.join(RELEASES)}")
+    text = protocol_markdown(protocol_document(args.release))
     if args.out:
         try:
             Path(args.out).write_text(text, encoding="utf-8")
@@ -764,6 +856,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("ingest", cmd_ingest, "apply CloudEvents JSON lines in order")
     sub.add_argument("file", help="a JSON-lines file, or - for standard input")
     sub.add_argument("--batch-size", type=int, default=5000, help="events per transaction")
+    sub.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress line on standard error (it shows only when that is a terminal)",
+    )
 
     sub = add("client", cmd_client, "show a client's state, pathway and open tasks")
     sub.add_argument("client_id")
@@ -811,6 +908,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log-head",
         type=_access_log_head,
         help="POSITION:HASH printed by an earlier verify: the access log must still hold it",
+    )
+    sub.add_argument(
+        "--store-head",
+        type=_store_head,
+        help="H.R:HASH printed by an earlier verify: the store must still hold, unchanged,"
+        " every history and rejected-log row it covers",
+    )
+    sub.add_argument(
+        "--head-key-file",
+        help="file holding the store head's key, kept away from the database (default:"
+        " KAPFLOW_HEAD_KEY; with neither, the head is plain SHA-256)",
     )
     sub.add_argument(
         "--jobs",
@@ -894,6 +1002,12 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol", cmd_protocol, "print the protocol as a clinician-readable document (Markdown)"
     )
     sub.add_argument("--out", help="file to write (default: standard output)")
+    sub.add_argument(
+        "--release",
+        metavar="V",
+        help="the protocol of an earlier pathway release, e.g. 2026.11.5 (default: current);"
+        " the document lists every release and what it changed",
+    )
 
     sub = add("schema", cmd_schema, "export one JSON Schema per event type")
     sub.add_argument("--out", required=True, help="directory to write the schemas into")

@@ -18,7 +18,9 @@ history and replay (to look a client up; both recorded in the access log) and ac
 work queue (completes, claims, cancels and reassigns tasks, each recorded as an
 `operations.*` event); `auditor` reads everything, including histories, replays, exports,
 verification, rejections, parked events and the access log, and writes nothing; `admin`
-may do everything.
+may do everything. Break-glass (`kapflow/service/break_glass.py`): a dashboard-role person,
+or operations and admin, may record an emergency read of one client, which then lets that
+person read that client's history and replay for a few minutes.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kapflow.store.access_log import AccessLog
 
 log = logging.getLogger("kapflow.keys")
 
@@ -74,6 +79,8 @@ class Permission:
     READ_PARKED = "read_parked"  # parked events: payloads
     READ_ACCESS_LOG = "read_access_log"
     ACT_ON_TASKS = "act_on_tasks"  # complete, claim, cancel, reassign (recorded as events)
+    # An emergency read of one client beyond the role (recorded as an event, reviewed).
+    BREAK_GLASS = "break_glass"
 
 
 _SCREEN = frozenset(
@@ -97,13 +104,18 @@ _AUDIT = frozenset(
         Permission.READ_ACCESS_LOG,
     }
 )
+# Break-glass (issue 18) is held by the roles whose people may need a record in an emergency
+# (a dashboard-role person reads no history otherwise); the endpoint admits a dashboard role
+# only for a person, never a screen's key. Auditors write nothing; publishers are systems.
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.PUBLISHER: frozenset({Permission.PUBLISH}),
-    Role.DASHBOARD: _SCREEN,
+    Role.DASHBOARD: _SCREEN | {Permission.BREAK_GLASS},
     Role.OPERATIONS: _SCREEN
-    | {Permission.READ_HISTORY, Permission.REPLAY, Permission.ACT_ON_TASKS},
+    | {Permission.READ_HISTORY, Permission.REPLAY, Permission.ACT_ON_TASKS, Permission.BREAK_GLASS},
     Role.AUDITOR: _SCREEN | _AUDIT,
-    Role.ADMIN: _SCREEN | _AUDIT | {Permission.PUBLISH, Permission.ACT_ON_TASKS},
+    Role.ADMIN: _SCREEN
+    | _AUDIT
+    | {Permission.PUBLISH, Permission.ACT_ON_TASKS, Permission.BREAK_GLASS},
 }
 
 # Which roles hold a permission: named in 403 bodies so the caller knows what to ask for.
@@ -379,3 +391,74 @@ def create_key(
     if expires is not None:
         entry["expires"] = _utc_text(expires)
     return NewKey(secret, _parse_entry(entry, "new key"))
+
+
+# --- reads from the command line ---------------------------------------------------------
+# The role a command-line read is logged under: whoever can run `kapflow` on a host with the
+# database URL reads with the database's own rights, not through a key's role.
+CLI_ROLE = "cli"
+
+
+def os_user() -> str:
+    """Who runs this command (SPEC §6: every read of clinical data names who read it)."""
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name, no passwd entry (a bare container)
+        return f"uid-{os.getuid()}"
+
+
+def record_cli_read(
+    access_log: AccessLog,
+    action: str,
+    client_id: str | None = None,
+    detail: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> None:
+    """Record a command-line read in the access log BEFORE it is printed, as the HTTP
+    service does (`record_access`): if it cannot be recorded, it is not served."""
+    from kapflow.store.access_log import AccessRecord
+
+    at = _utc_text(now or datetime.now(UTC))
+    access_log.record(AccessRecord(at, os_user(), CLI_ROLE, action, client_id, detail))
+
+
+# --- people (OpenID Connect) -------------------------------------------------------------
+# What an identity provider calls a person's role → kapflow's role. Task owners are the
+# clinic's staff (`operations`); a publisher is a system, never a person.
+PERSON_ROLES: dict[str, str] = {
+    Role.DASHBOARD: Role.DASHBOARD,
+    Role.OPERATIONS: Role.OPERATIONS,
+    Role.AUDITOR: Role.AUDITOR,
+    Role.ADMIN: Role.ADMIN,
+    "scheduler": Role.OPERATIONS,
+    "clinician": Role.OPERATIONS,
+    "billing": Role.OPERATIONS,
+    "prescriber_liaison": Role.OPERATIONS,
+}
+# A person who holds several roles acts in the first of these they hold: one role per
+# request, as for a key (the access log names it).
+_PERSON_PRECEDENCE = (Role.ADMIN, Role.OPERATIONS, Role.AUDITOR, Role.DASHBOARD)
+# A person has no key: their principal's digest is this marker, which no key's hex matches.
+PERSON_DIGEST = "person"
+
+
+def person_role(claimed: Iterable[str], extra: Mapping[str, str] | None = None) -> str | None:
+    """kapflow's role for a person whose identity provider names `claimed` roles (with the
+    deployment's own names `extra`, e.g. {"kap-nurse": "operations"}), or None."""
+    names = {**PERSON_ROLES, **(extra or {})}
+    held = {names[name] for name in claimed if names.get(name) in _PERSON_PRECEDENCE}
+    return next((role for role in _PERSON_PRECEDENCE if role in held), None)
+
+
+def person_principal(actor: str, role: str, expires: datetime) -> ApiKey:
+    """A signed-in person as the principal of a request: `actor` (their subject, a short
+    token) is who the access log and the history name; refused from `expires` on."""
+    return ApiKey(actor, role, PERSON_DIGEST, expires=_utc_text(expires))
+
+
+def is_person(principal: ApiKey) -> bool:
+    return principal.digest == PERSON_DIGEST

@@ -15,6 +15,13 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from kapflow.service.csv_cells import csv_cells
+from kapflow.service.derived_rows import (
+    StoredBatch,
+    check_client_rows,
+    check_rows_without_history,
+    check_store_rows,
+    read_batch,
+)
 from kapflow.service.facts import UnreadableEntry, rebuild, recorded_after_window, recorded_event
 from kapflow.service.ingest import compact_json
 from kapflow.store.access_log import AccessLog, AccessRecord, access_hash, iter_entries
@@ -81,7 +88,10 @@ def replay_view(
 class Divergence:
     client_id: str
     seq: int | None
-    kind: str  # chain | gap | outcome | state | snapshot | version | unreadable
+    # chain | gap | outcome | state | snapshot | version | unreadable; the rows kept beside
+    # the history (service/derived_rows.py): task | client-row | parked | receipt |
+    # rejection | outbox; access-log; store-head
+    kind: str
     detail: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -119,11 +129,11 @@ def _verify_client(
     stored: dict[str, Any] | None,
     policy: CarePolicy,
     found: Callable[[Divergence], None],
-) -> int:
+) -> tuple[int, ClientSnapshot | None]:
     """Check one client's chain, replay its history and compare the result with `stored`
     (its snapshot's record, `_NOT_REPLAYED` left out); report each divergence through
     `found`. Returns how many entries were checked (a replay that cannot go on stops at
-    the entry that stopped it)."""
+    the entry that stopped it) and the client replayed (None if the replay stopped)."""
     client = ClientSnapshot(client_id)
     derivation: Derivation | None = None
     previous_hash = GENESIS_HASH
@@ -149,12 +159,12 @@ def _verify_client(
                     f"({PATHWAY_VERSION})",
                 )
             )
-            return checked
+            return checked, None
         try:
             event = recorded_event(entry)
         except UnreadableEntry as error:
             found(Divergence(client_id, entry.seq, "unreadable", str(error)))
-            return checked
+            return checked, None
         expired = recorded_after_window(entry)
         if release.derives_from_facts:
             # The derivation that recorded it: late facts folded in at their own time.
@@ -169,7 +179,7 @@ def _verify_client(
                     client_id, entry.seq, "outcome", f"replay gives {outcome.outcome} ({codes})"
                 )
             )
-            return checked
+            return checked, None
         if outcome.to_state != entry.to_state or outcome.from_state != entry.from_state:
             found(
                 Divergence(
@@ -187,12 +197,12 @@ def _verify_client(
     if stored is None:
         if entries:
             found(Divergence(client_id, None, "snapshot", "history without a client snapshot"))
-        return checked
+        return checked, client
     replayed = _replayed_part(client)
     if replayed != stored:
         differing = sorted(k for k in stored if stored.get(k) != replayed.get(k))
         found(Divergence(client_id, None, "snapshot", "snapshot differs in " + ",".join(differing)))
-    return checked
+    return checked, client
 
 
 def _replayed_part(client: ClientSnapshot) -> dict[str, Any]:
@@ -205,8 +215,11 @@ def _replayed_part(client: ClientSnapshot) -> dict[str, Any]:
 
 # Where a divergence stands in the report: (0, n) for a client with history, (1, n) for
 # a client id whose snapshot has no history; n is the client's position in the store's
-# order, among the clients with history or among all client ids (the same order).
+# order, among the clients with history or among all client ids (the same order). (2, 0)
+# for the store-wide checks of the rows kept beside the histories.
 Place = tuple[int, int]
+# Clients verified together: their stored rows and receipts read in a few statements.
+CLIENTS_PER_READ = 25
 
 
 @dataclass(slots=True)
@@ -225,20 +238,39 @@ class Findings:
         entries: list[HistoryEntry],
         snapshot: ClientSnapshot | None,
         policy: CarePolicy,
+        batch: StoredBatch,
     ) -> None:
-        """Verify one client's history (never empty) against its snapshot."""
+        """Verify one client's history (never empty) against its snapshot, and the rows
+        kept beside it (`batch`, read for the client's batch) against the history."""
         stored = _replayed_part(snapshot) if snapshot is not None else None
         found: list[Divergence] = []
         self.clients += 1
         self.history_rows += len(entries)
-        self.entries += _verify_client(client_id, entries, stored, policy, found.append)
+        checked, replayed = _verify_client(client_id, entries, stored, policy, found.append)
+        self.entries += checked
         self.found.extend(((0, place), divergence) for divergence in found)
+        # Its due times are checked when the batch settles: reported at the client's place.
+        report = self._reporter((0, place))
+        check_client_rows(client_id, entries, snapshot, replayed, batch, policy, report)
 
-    def check_no_history(self, place: int, client_id: str, snapshot: ClientSnapshot | None) -> None:
+    def check_no_history(
+        self, place: int, client_id: str, snapshot: ClientSnapshot | None, batch: StoredBatch
+    ) -> None:
         """A client id without history: its snapshot must not have moved past seq 0."""
+        report = self._reporter((1, place))
         if snapshot is not None and snapshot.seq > 0:
-            divergence = Divergence(client_id, None, "gap", "client has a snapshot but no history")
-            self.found.append(((1, place), divergence))
+            report(client_id, None, "gap", "client has a snapshot but no history")
+        check_rows_without_history(client_id, batch, report)
+
+    def check_store(self, store: EventStore) -> None:
+        """The store-wide checks: receipts, parked events, rejections and the outbox."""
+        check_store_rows(store, self._reporter((2, 0)))
+
+    def _reporter(self, place: Place) -> Callable[[str, int | None, str, str], None]:
+        def report(client_id: str, seq: int | None, kind: str, detail: str) -> None:
+            self.found.append((place, Divergence(client_id, seq, kind, detail)))
+
+        return report
 
 
 def report_of(findings: Iterable[Findings]) -> VerifyReport:
@@ -256,31 +288,58 @@ def report_of(findings: Iterable[Findings]) -> VerifyReport:
 
 def verify_by_scan(store: EventStore, policy: CarePolicy = DEFAULT_POLICY) -> VerifyReport:
     """`verify` in this process: the whole history read once, in the store's order, each
-    client replayed as soon as its entries are read; then the client ids without history."""
+    client replayed as soon as its entries (and its batch's stored rows) are read; then
+    the client ids without history; then the store-wide checks."""
     findings = Findings()
     seen: set[str] = set()
-    current_id: str | None = None
-    current: list[HistoryEntry] = []
+    pending: list[tuple[str, list[HistoryEntry]]] = []
 
     def finish() -> None:
-        assert current_id is not None
-        seen.add(current_id)
-        place = findings.clients
-        snapshot = store.get_client(current_id)
-        findings.check_history(place, current_id, current, snapshot, policy)
+        batch = read_batch(store, pending)
+        for client_id, entries in pending:
+            seen.add(client_id)
+            snapshot = store.get_client(client_id)
+            findings.check_history(findings.clients, client_id, entries, snapshot, policy, batch)
+        batch.settle(store)
+        pending.clear()
 
-    for entry in store.iter_history():
+    for client_id, entries in _histories(store.iter_history()):
+        pending.append((client_id, entries))
+        if len(pending) >= CLIENTS_PER_READ:
+            finish()
+    finish()
+    without: list[tuple[int, str]] = []
+    for place, client_id in enumerate(store.client_ids()):
+        if client_id not in seen:
+            without.append((place, client_id))
+        if len(without) >= CLIENTS_PER_READ:
+            _check_without_history(store, without, findings)
+    _check_without_history(store, without, findings)
+    findings.check_store(store)
+    return report_of([findings])
+
+
+def _histories(entries: Iterable[HistoryEntry]) -> Iterator[tuple[str, list[HistoryEntry]]]:
+    """A stream of entries in client order as one (client id, entries) per client."""
+    current_id: str | None = None
+    current: list[HistoryEntry] = []
+    for entry in entries:
         if entry.client_id != current_id:
             if current_id is not None:
-                finish()
+                yield current_id, current
             current_id, current = entry.client_id, []
         current.append(entry)
     if current_id is not None:
-        finish()
-    for place, client_id in enumerate(store.client_ids()):
-        if client_id not in seen:
-            findings.check_no_history(place, client_id, store.get_client(client_id))
-    return report_of([findings])
+        yield current_id, current
+
+
+def _check_without_history(
+    store: EventStore, clients: list[tuple[int, str]], findings: Findings
+) -> None:
+    batch = read_batch(store, [(client_id, []) for _, client_id in clients])
+    for place, client_id in clients:
+        findings.check_no_history(place, client_id, store.get_client(client_id), batch)
+    clients.clear()
 
 
 def verify_clients(
@@ -290,11 +349,13 @@ def verify_clients(
     histories and snapshots read together (a statement per client would cost PostgreSQL
     a round trip each). What a process sharing `verify` runs, a batch at a time."""
     recorded = store.client_histories([client_id for _, client_id in clients])
+    batch = read_batch(store, [(client.client_id, client.entries) for client in recorded])
     for (place, client_id), client in zip(clients, recorded, strict=True):
         if client.entries:
-            findings.check_history(place, client_id, client.entries, client.snapshot, policy)
+            findings.check_history(place, client_id, client.entries, client.snapshot, policy, batch)
         else:
-            findings.check_no_history(place, client_id, client.snapshot)
+            findings.check_no_history(place, client_id, client.snapshot, batch)
+    batch.settle(store)
 
 
 def verify(

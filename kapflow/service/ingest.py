@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from events import CloudEvent, Rejection, parse_event, parse_event_object
+from events import CloudEvent, Reason, Rejection, parse_event, parse_event_object
 from kapflow.service.facts import DerivationCache
 from kapflow.service.identity import answer_if_known
 from kapflow.service.originals import original_text
@@ -38,6 +38,7 @@ from kapflow.store.base import EventStore, ParkedEvent
 from workflow.engine import PARKED, REJECTED
 from workflow.policy import DEFAULT_POLICY, CarePolicy
 from workflow.tasks import iso
+from workflow.timers import CLOCK_SOURCE
 
 __all__ = [
     "UNPARSEABLE_SOURCE",
@@ -59,6 +60,29 @@ def validate(raw: RawInput) -> CloudEvent | Rejection:
     if isinstance(raw, str | bytes):
         return parse_event(raw)
     return parse_event_object(raw)
+
+
+# SPEC §3: an event dated beyond a small clock skew in the future is not a fact yet.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def not_yet_a_fact(
+    event: CloudEvent | Rejection, now: datetime, skew: timedelta = MAX_CLOCK_SKEW
+) -> CloudEvent | Rejection:
+    """`event`, or its rejection as `TIME_IN_FUTURE` when it is dated after `now` + `skew`.
+
+    Kept out of the receipts (like an input that is not a CloudEvent): once its time has
+    come, the same event sent again is recorded. kapflow's own deadlines are exempt: the
+    clock dates them at the due time it was asked to fire (`kapflow tick --now T`).
+    """
+    if isinstance(event, Rejection) or event.source == CLOCK_SOURCE or event.time <= now + skew:
+        return event
+    reason = Reason(
+        "TIME_IN_FUTURE",
+        f"dated more than {int(skew.total_seconds())} s after kapflow's clock: not a fact yet",
+        "time",
+    )
+    return Rejection((reason,), event.id, event.source, event.subject, event.type)
 
 
 # Handlers: one per command, each over a unit of work ----------------------------------------
@@ -142,19 +166,23 @@ class IngestService:
         policy: CarePolicy = DEFAULT_POLICY,
         clock: Clock = utc_now,
         batch_size: int = 500,
+        max_clock_skew: timedelta = MAX_CLOCK_SKEW,
     ) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
         self.batch_size = batch_size
+        self.max_clock_skew = max_clock_skew
         # Recently changed clients' facts, so a late fact is folded in from its own place.
         self.derivations = DerivationCache()
 
     def ingest_batch(self, items: Iterable[RawInput]) -> list[IngestResult]:
         """Process inputs in order in ONE transaction; results in the same order."""
         inputs = list(items)
-        parsed = [validate(item) for item in inputs]  # before the transaction: keep it short
-        with unit_of_work(self.store, self.clock, self.derivations) as uow:
+        now = self.clock()  # read once: the batch's record time and its "not yet" bound
+        # Before the transaction: keep it short.
+        parsed = [not_yet_a_fact(validate(item), now, self.max_clock_skew) for item in inputs]
+        with unit_of_work(self.store, lambda: now, self.derivations) as uow:
             return record_events(uow, self.policy, inputs, parsed)
 
     def expire_parked(

@@ -8,6 +8,10 @@ its clients itself, a batch's histories and snapshots in one go (service/audit.p
 in all. Every divergence keeps its client's place, so the merged report is the one
 `verify_by_scan` gives in one process.
 
+The store-wide checks of the rows kept beside the histories (receipts, parked events,
+rejections, the outbox: service/derived_rows.py) are one pass per table, run here once the
+clients are done, as `verify_by_scan` runs them.
+
 Reading client by client cannot meet history whose client has no snapshot row (no client
 id leads to it). So the rows read are counted: if they fall short of the history's rows,
 the store is verified again by a full scan, which reports that history.
@@ -74,7 +78,7 @@ def _verify_in_worker(clients: list[tuple[int, str]]) -> Findings:
     assert _opening is not None, "set by the pool's initializer"
     url, policy, cipher = _opening
     if _opened is None:
-        _opened = open_store(url, policy, cipher=cipher)
+        _opened = open_store(url, policy, cipher=cipher, access="read")
     findings = Findings()
     verify_clients(_opened, clients, policy, findings)
     return findings
@@ -149,4 +153,5 @@ def verify_in_processes(store: EventStore, policy: CarePolicy, jobs: int) -> Ver
         # History that no client id leads to (its snapshot row is gone), or rows written
         # while verifying: a full scan reports exactly what is there.
         return verify_by_scan(store, policy)
+    here.check_store(store)  # one pass per table: in this process, as the scan does it
     return report_of(findings)

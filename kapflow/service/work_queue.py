@@ -12,6 +12,10 @@ idempotency key; the event id is then derived from the caller, the action, the t
 key, so the retry is answered `duplicate` and changes nothing. Without a key each request is
 a new event (an id drawn at random here, in the service layer: the engine never sees
 randomness, only the recorded id).
+
+Accountability (SPEC §6): the event names who acted, `actor` (the person's OpenID Connect
+subject, the API key's name, or the CLI's operating-system user), so the history entry that
+records the act names them; `by_role` is the role they acted in.
 """
 
 from __future__ import annotations
@@ -80,15 +84,19 @@ class TaskAction:
     def event_type(self) -> str:
         return ACTIONS[self.action]
 
-    def data(self, task: Task) -> dict[str, Any]:
-        data: dict[str, Any] = {"task_id": task.id, "by_role": self.by_role or task.owner}
+    def data(self, task: Task, actor: str) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "task_id": task.id,
+            "by_role": self.by_role or task.owner,
+            "actor": actor,
+        }
         if self.action == "cancel":
             data["reason"] = self.reason
         if self.action == "reassign":
             data["to_role"] = self.to_role
         return data
 
-    def event(self, task: Task, event_id: str, at: datetime) -> dict[str, Any]:
+    def event(self, task: Task, event_id: str, at: datetime, actor: str) -> dict[str, Any]:
         return {
             "specversion": "1.0",
             "id": event_id,
@@ -97,7 +105,7 @@ class TaskAction:
             "subject": task.for_,
             "time": iso(at),
             "datacontenttype": "application/json",
-            "data": self.data(task),
+            "data": self.data(task, actor),
         }
 
 
@@ -141,8 +149,9 @@ def act_on_task(
     at: datetime,
     idempotency_key: str | None = None,
 ) -> TaskActionResult:
-    """Record `action` as an operations event at time `at` (the caller's clock: the moment
-    staff acted) through `record`, and return the outcome with the task as it now stands."""
+    """Record `action`, done by `actor` (who: a person's subject or a key's name, recorded in
+    the event), as an operations event at time `at` (the caller's clock: the moment staff
+    acted) through `record`, and return the outcome with the task as it now stands."""
     task = store.task(action.task_id)
     if task is None:
         raise TaskNotFound(action.task_id)
@@ -153,7 +162,7 @@ def act_on_task(
         return TaskActionResult("duplicate", event_id, action.event_type, task)
     if not task.is_open:
         raise TaskAlreadyClosed(task)
-    event = action.event(task, event_id, at)
+    event = action.event(task, event_id, at, actor)
     parsed = parse_event_object(event)
     if not isinstance(parsed, CloudEvent):
         raise InvalidTaskAction(parsed.reasons)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from kapflow.store.base import EventStore, StoreError
-from kapflow.store.codec import StorageCipher, cipher_from_environment
+from kapflow.store.codec import StorageCipher, StoreAccess, cipher_from_environment
 from kapflow.store.database import DEFAULT_DB_URL, database_kind
 from workflow.policy import DEFAULT_POLICY, CarePolicy
 
@@ -14,6 +14,7 @@ def open_store(
     policy: CarePolicy = DEFAULT_POLICY,
     *,
     cipher: StorageCipher | None = None,
+    access: StoreAccess = "write",
 ) -> EventStore:
     """The store at `url`, migrated in place if an earlier release wrote it.
 
@@ -21,7 +22,9 @@ def open_store(
     timer due time with every snapshot it writes. `cipher` encrypts the stored clinical
     values (store/codec.py); None takes the key `KAPFLOW_ENCRYPTION_KEY` or
     `KAPFLOW_ENCRYPTION_KEY_FILE` names, if either is set. An encrypted store opened
-    without its key is refused.
+    without its key is refused. `access="read"` (the read commands) never changes the
+    store's encryption mode or key check; only a writer with a key marks a new, empty
+    store encrypted, and `"reseal"` (`kapflow rotate-key`) an existing one.
     """
     if cipher is None:
         try:
@@ -31,10 +34,10 @@ def open_store(
     if database_kind(url) == "sqlite":
         from kapflow.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url, policy, cipher=cipher)
+        return SQLiteStore(url, policy, cipher=cipher, access=access)
     from kapflow.store.postgres import PostgresStore
 
-    return PostgresStore(url, policy=policy, cipher=cipher)
+    return PostgresStore(url, policy=policy, cipher=cipher, access=access)
 
 
 __all__ = ["DEFAULT_DB_URL", "EventStore", "StoreError", "open_store"]

@@ -180,6 +180,51 @@ class Receipt:
     digest: str | None = None
 
 
+@dataclass(slots=True)  # a value: never mutated after construction
+class TaskRow:
+    """A tasks row as stored: its columns, and the task it holds (JSON text)."""
+
+    task_id: str
+    client_id: str
+    status: str
+    owner: str
+    due: str
+    task: str
+    fires_at: str | None
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class ClientRow:
+    """A clients row's columns beside its snapshot (what reads and the clock search)."""
+
+    client_id: str
+    state: str
+    seq: int
+    next_due: str | None
+
+
+@dataclass(slots=True)
+class StoredRows:
+    """What the store keeps about some clients beside their history (`kapflow verify`
+    recomputes each from the history): client rows, task rows and parked-event counts,
+    by client id (a client the store has nothing of is absent)."""
+
+    clients: dict[str, ClientRow] = field(default_factory=dict)
+    tasks: dict[str, list[TaskRow]] = field(default_factory=dict)
+    parked: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)  # a value: never mutated after construction
+class Unbacked:
+    """A row that the row it stands for is missing from (`kapflow verify`): `table` holds
+    it, `key` names it, `detail` says what is missing."""
+
+    table: str
+    key: str
+    client_id: str | None
+    detail: str
+
+
 @dataclass(slots=True)
 class BatchWrites:
     """Everything one batch changes, written by the adapter in one transaction."""
@@ -280,6 +325,27 @@ class EventStore(Protocol):
     def prune_outbox(self, published_before: str) -> int: ...
 
     def stats(self) -> dict[str, int]: ...
+    # Reads for `kapflow verify` (service/audit.py, service/store_head.py) ------------------
+    def stored_rows(self, client_ids: Sequence[str]) -> StoredRows: ...
+
+    def receipts_of(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Receipt]: ...
+
+    # Receipts with no record behind them, parked events and rejections with no receipt,
+    # outbox rows pointing at nothing, tasks of a client the store does not know.
+    def unbacked_rows(self) -> Iterator[Unbacked]: ...
+
+    # History entries and rejections (keys) recorded after the oldest outbox row still
+    # kept, that have no outbox row.
+    def missing_from_outbox(self) -> tuple[list[HistoryEntry], list[tuple[str, str]]]: ...
+
+    # Unpublished outbox positions (ascending) and the greatest published one, or None.
+    def outbox_positions(self) -> tuple[list[int], int | None]: ...
+
+    # (position, client_id, seq, hash) of history rows after `after`, by position.
+    def history_links(self, after: int, limit: int) -> list[tuple[int, str, int, str]]: ...
+
+    # The greatest position of the history and of the rejected log (0 when empty).
+    def last_positions(self) -> tuple[int, int]: ...
 
     # Re-encode every stored codec value not sealed with the store cipher's first key, one
     # transaction per chunk, yielding how many each rewrote (`kapflow rotate-key`).

@@ -17,10 +17,25 @@ A stored value starts with its format byte:
   kapflow writes since schema version 4, five to eight times faster than 0x01 for
   about the same size;
 - 0x02: AES-GCM (`cryptography`), the header being 0x02 and the 8-byte id of the key, then
-  a 12-byte nonce, then the sealed 0x00/0x01 value; the header is authenticated too.
+  a 12-byte nonce, then the sealed 0x00/0x01/0x03 value; the header is authenticated too.
+  Written before issue 18; read only until the store is resealed (below);
+- 0x04: AES-GCM bound to its row: laid out as 0x02, but the associated data is the header
+  and the value's place (`row_context`: table, row key, column), so a sealed value moved
+  to another row or column (two clients' snapshots swapped) fails authentication. What
+  kapflow writes with a key since issue 18.
 
 A format byte is never reused: a new dictionary or cipher gets a new byte, and the old
 ones stay readable for as long as a store may hold them.
+
+Sealed means sealed. A store is encrypted when its `meta` holds a key check (a value sealed
+with its key, so a missing or wrong key is refused before anything is read). The key check
+also says whether every value is bound: one written by this release (a new encrypted store,
+or the end of `kapflow rotate-key`) does, and from then on the codec refuses every value
+that is not in format 0x04 under a loaded key, in clear or 0x02 alike: a row written by
+someone with database access but without the key is an error, never read. A store
+encrypted by an earlier release keeps reading its 0x02 (and not yet encrypted) values until
+`kapflow rotate-key` has rewritten them all; the key check it then writes is sealed, so it
+cannot be forged back to the lenient kind without the key.
 """
 
 from __future__ import annotations
@@ -31,10 +46,10 @@ import hashlib
 import os
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -50,19 +65,46 @@ PLAIN = 0x00
 DEFLATE_1 = 0x01
 SEALED = 0x02
 ZSTD_3 = 0x03
+SEALED_BOUND = 0x04
 
 KEY_BYTES = 32  # AES-256
 KEY_ID_BYTES = 8
 NONCE_BYTES = 12
 _SEALED_HEADER_BYTES = 1 + KEY_ID_BYTES
 _LEGACY_STARTS = (ord("{"), ord("["))
+_SEALED_FORMS = frozenset((SEALED, SEALED_BOUND))
 
 ENCRYPTION_KEY_ENV = "KAPFLOW_ENCRYPTION_KEY"
 ENCRYPTION_KEY_FILE_ENV = "KAPFLOW_ENCRYPTION_KEY_FILE"
 # The meta row holding a value sealed with the store's current key: opening an encrypted
 # store without the key, or with another one, is refused before anything is read.
 KEY_CHECK_META = "encryption_key_check"
+# The key check of an earlier release (values may be unbound, or not yet encrypted) and
+# the one written once every value is sealed and bound (store/codec.py docstring).
 _KEY_CHECK_TEXT = "kapflow storage key check"
+_KEY_CHECK_BOUND_TEXT = "kapflow storage key check; every value sealed and bound to its row"
+
+# How a store is opened. Only a writer may mark a store encrypted: a read never changes a
+# store's mode (a reader with a key once marked a plain store encrypted while the keyless
+# server went on writing clear values into it). `reseal` is `kapflow rotate-key`.
+StoreAccess = Literal["read", "write", "reseal"]
+
+
+def row_context(table: str, column: str, *key: object) -> bytes:
+    """Where a value is stored, as the associated data its seal is bound to.
+
+    Each part of the row key is prefixed by its length, so no two rows share a context
+    whatever characters their ids hold.
+    """
+    parts = [table]
+    for part in key:
+        text = str(part)
+        parts.append(f"{len(text)}:{text}")
+    parts.append(column)
+    return "\x1f".join(parts).encode()
+
+
+KEY_CHECK_CONTEXT = row_context("meta", "value", KEY_CHECK_META)
 
 # zstd at level 3 with the frozen dictionary. zstandard's (de)compressors are not safe to
 # share between threads (serve reads in many), so each thread gets its own pair.
@@ -111,18 +153,21 @@ class StorageCipher:
         self.keys = tuple(keys)
         self._ciphers = {key_id(key): AESGCM(key) for key in keys}
         self.write_key_id = key_id(keys[0])
-        self._header = bytes([SEALED]) + self.write_key_id
+        self._header = bytes([SEALED_BOUND]) + self.write_key_id
+        self._sealer = self._ciphers[self.write_key_id]
 
     @property
     def key_ids(self) -> frozenset[bytes]:
         return frozenset(self._ciphers)
 
-    def seal(self, inner: bytes) -> bytes:
+    def seal(self, inner: bytes, context: bytes) -> bytes:
+        """Format 0x04: `inner` sealed with the write key, bound to `context`."""
         nonce = os.urandom(NONCE_BYTES)  # random per value: never reused under one key
-        sealed = self._ciphers[self.write_key_id].encrypt(nonce, inner, self._header)
-        return self._header + nonce + sealed
+        header = self._header
+        return header + nonce + self._sealer.encrypt(nonce, inner, header + context)
 
-    def open(self, value: bytes) -> bytes:
+    def open(self, value: bytes, context: bytes) -> bytes:
+        """The inner value of a 0x04 value bound to `context`, or of a 0x02 value."""
         header = value[:_SEALED_HEADER_BYTES]
         cipher = self._ciphers.get(header[1:])
         if cipher is None:
@@ -131,15 +176,22 @@ class StorageCipher:
                 f" ({ENCRYPTION_KEY_ENV} / {ENCRYPTION_KEY_FILE_ENV})"
             )
         nonce = value[_SEALED_HEADER_BYTES : _SEALED_HEADER_BYTES + NONCE_BYTES]
+        bound = header + context if header[0] == SEALED_BOUND else header
         try:
-            return cipher.decrypt(nonce, value[_SEALED_HEADER_BYTES + NONCE_BYTES :], header)
+            return cipher.decrypt(nonce, value[_SEALED_HEADER_BYTES + NONCE_BYTES :], bound)
         except InvalidTag:
             raise EncryptionKeyError(
-                "a stored value failed authentication: altered, or sealed by another key"
+                f"a stored value ({_place(context)}) failed authentication: altered, moved"
+                " from another row, or sealed by another key"
             ) from None
 
     def sealed_with_write_key(self, value: bytes | str) -> bool:
         return isinstance(value, bytes) and value[:_SEALED_HEADER_BYTES] == self._header
+
+
+def _place(context: bytes) -> str:
+    """A context as errors name it: table, row key, column (ids only, never values)."""
+    return context.decode(errors="replace").replace("\x1f", " ") or "unbound"
 
 
 _ZSTD_HEADER = bytes([ZSTD_3])
@@ -174,43 +226,49 @@ def _inflate(packed: bytes | memoryview) -> str:
 
 
 class StorageCodec:
-    """Encode the logical text of a bulky column for storage, and decode it back."""
+    """Encode the logical text of a bulky column for storage, and decode it back.
+
+    `context` is where the value is stored (`row_context`): with a key, the seal is bound
+    to it; without one it is not used. `bound_only` is set from the store's key check
+    (`check_key`): then only values sealed and bound under a loaded key are read.
+    """
 
     def __init__(self, cipher: StorageCipher | None = None) -> None:
         self.cipher = cipher
+        self.bound_only = False
 
-    def encode(self, text: str) -> bytes:
+    def encode(self, text: str, context: bytes = b"") -> bytes:
         packed = compress(text)
-        return self.cipher.seal(packed) if self.cipher is not None else packed
+        return self.cipher.seal(packed, context) if self.cipher is not None else packed
 
-    def decode(self, value: bytes | memoryview | str) -> str:
-        if isinstance(value, str):
-            return value  # a SQLite TEXT value written before schema version 3
+    def decode(self, value: bytes | memoryview | str, context: bytes = b"") -> str:
         if isinstance(value, memoryview):
             value = bytes(value)
-        if not value:
-            return ""
-        form = value[0]
-        if form == SEALED:
+        form = value[0] if value and isinstance(value, bytes) else None
+        if form in _SEALED_FORMS:
+            assert isinstance(value, bytes)
             if self.cipher is None:
                 raise EncryptionKeyError(
                     "this store holds encrypted values: set"
                     f" {ENCRYPTION_KEY_ENV} or {ENCRYPTION_KEY_FILE_ENV}"
                 )
-            value = self.cipher.open(value)
-            form = value[0]
-        if form == ZSTD_3:
-            return _unzstd(value[1:])
-        if form == DEFLATE_1:
-            return _inflate(memoryview(value)[1:])
-        if form == PLAIN:
-            return value[1:].decode()
-        if form in _LEGACY_STARTS:
-            return value.decode()
-        raise StoreError(f"a stored value has an unknown format byte 0x{form:02x}")
+            if form == SEALED and self.bound_only:
+                raise EncryptionKeyError(
+                    f"a stored value ({_place(context)}) is sealed without its row binding"
+                    " in a store resealed with binding: refused (an older value put back?)"
+                )
+            return _unpack(self.cipher.open(value, context))
+        if self.bound_only:
+            # Written without the key by someone with access to the database: never read.
+            raise EncryptionKeyError(
+                f"a stored value ({_place(context)}) is not encrypted in a store encrypted"
+                " at rest: refused (written without the key?)"
+            )
+        return _unpack(value)
 
     def needs_reseal(self, value: bytes | memoryview | str) -> bool:
-        """Whether `rotate-key` must rewrite this value: not sealed with the write key."""
+        """Whether `rotate-key` must rewrite this value: not sealed and bound with the
+        write key (in clear, format 0x02, or another key)."""
         if self.cipher is None:
             return False
         return not self.cipher.sealed_with_write_key(
@@ -219,29 +277,83 @@ class StorageCodec:
 
     # The key check in `meta` -----------------------------------------------------------
     def key_check(self) -> str | None:
-        """The value to keep in meta: this codec's key, sealed, or None when not encrypted."""
+        """The value to keep in meta: this codec's key, sealed, or None when not encrypted.
+
+        It says that every value is sealed and bound: write it only to a store that holds
+        no value yet, or once `reseal` has rewritten them all.
+        """
         if self.cipher is None:
             return None
-        return base64.b64encode(self.encode(_KEY_CHECK_TEXT)).decode()
+        return base64.b64encode(self.encode(_KEY_CHECK_BOUND_TEXT, KEY_CHECK_CONTEXT)).decode()
 
-    def check_key(self, stored: str | None) -> None:
-        """Refuse an encrypted store without its key, with one clear line."""
+    def key_check_to_write(
+        self, stored: str | None, access: StoreAccess, holds_values: Callable[[], bool]
+    ) -> str | None:
+        """The key check a store opened with `access` should get now, if any.
+
+        Only a writer marks a store encrypted, and only a store holding no value yet: the
+        values of a plain store are encrypted, and the store marked, by `kapflow rotate-key`
+        alone, so that no clear value is ever left behind in an encrypted store.
+        """
+        if stored is not None or self.cipher is None or access != "write":
+            return None
+        if holds_values():
+            raise EncryptionKeyError(
+                "this store is not encrypted at rest and holds values: encrypt them with"
+                " `kapflow rotate-key --new-key-file FILE` (writers stopped), then start"
+                f" kapflow with that key; or unset {ENCRYPTION_KEY_ENV}/_FILE"
+            )
+        return self.key_check()
+
+    def check_key(self, stored: str | None, access: StoreAccess = "write") -> None:
+        """Refuse an encrypted store without its key, with one clear line; learn from the
+        key check whether only bound values may be read."""
         if stored is None:
+            if self.cipher is not None and access == "read":
+                raise EncryptionKeyError(
+                    "this store is not encrypted at rest, but an encryption key is set: a"
+                    f" read never encrypts a store; unset {ENCRYPTION_KEY_ENV}/_FILE to read"
+                    " it, or encrypt it with `kapflow rotate-key`"
+                )
             return
         if self.cipher is None:
             raise EncryptionKeyError(
                 "this store is encrypted at rest: set "
                 f"{ENCRYPTION_KEY_ENV} or {ENCRYPTION_KEY_FILE_ENV} to its key"
             )
+        raw = base64.b64decode(stored)
+        if raw[:1] not in (bytes([SEALED]), bytes([SEALED_BOUND])):
+            # A check in clear would say nothing about the key, and could claim leniency.
+            raise EncryptionKeyError("this store's encryption key check is damaged")
+        self.bound_only = False
         try:
-            opened = self.decode(base64.b64decode(stored))
+            opened = self.decode(raw, KEY_CHECK_CONTEXT)
         except EncryptionKeyError:
             raise EncryptionKeyError(
                 "the encryption key given does not open this store (key id"
-                f" {base64.b64decode(stored)[1:_SEALED_HEADER_BYTES].hex()} expected)"
+                f" {raw[1:_SEALED_HEADER_BYTES].hex()} expected)"
             ) from None
-        if opened != _KEY_CHECK_TEXT:
+        if opened not in (_KEY_CHECK_TEXT, _KEY_CHECK_BOUND_TEXT):
             raise EncryptionKeyError("this store's encryption key check is damaged")
+        self.bound_only = opened == _KEY_CHECK_BOUND_TEXT
+
+
+def _unpack(value: bytes | str) -> str:
+    """An unsealed value's text: format 0x03, 0x01, 0x00 or legacy text."""
+    if isinstance(value, str):
+        return value  # a SQLite TEXT value written before schema version 3
+    if not value:
+        return ""
+    form = value[0]
+    if form == ZSTD_3:
+        return _unzstd(value[1:])
+    if form == DEFLATE_1:
+        return _inflate(memoryview(value)[1:])
+    if form == PLAIN:
+        return value[1:].decode()
+    if form in _LEGACY_STARTS:
+        return value.decode()
+    raise StoreError(f"a stored value has an unknown format byte 0x{form:02x}")
 
 
 # Hashes: 32 bytes stored, hex everywhere above the store --------------------------------
@@ -326,4 +438,5 @@ def rotation_store(url: str, new_key_file: str | Path) -> EventStore:
     new_keys = read_key_file(new_key_file)
     current = cipher_from_environment()
     old_keys = list(current.keys) if current is not None else []
-    return open_store(url, cipher=StorageCipher([new_keys[0], *old_keys, *new_keys[1:]]))
+    cipher = StorageCipher([new_keys[0], *old_keys, *new_keys[1:]])
+    return open_store(url, cipher=cipher, access="reseal")

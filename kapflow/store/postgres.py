@@ -43,7 +43,6 @@ from contextlib import contextmanager, suppress
 from operator import attrgetter
 from typing import Any, NoReturn, TypeVar
 
-import orjson
 import psycopg
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -59,7 +58,7 @@ from kapflow.store.base import (
     StoreError,
     UnstorableData,
 )
-from kapflow.store.codec import KEY_CHECK_META, StorageCipher, StorageCodec
+from kapflow.store.codec import KEY_CHECK_META, StorageCipher, StorageCodec, StoreAccess
 from kapflow.store.database import APPEND_LOCK as _APPEND_LOCK
 from kapflow.store.database import KAPFLOW_LOCKS
 from kapflow.store.database import SCHEMA_LOCK as _SCHEMA_LOCK
@@ -68,6 +67,7 @@ from kapflow.store.sql import (
     ENCODED_COLUMNS,
     HISTORY_COLUMNS,
     HISTORY_OF_CLIENTS,
+    HOLDS_VALUES,
     OPEN_STATUS_SQL,
     RECEIPT_COLUMNS,
     RECEIPT_REWRITE,
@@ -82,8 +82,13 @@ from kapflow.store.sql import (
     receipt_of,
     receipt_row,
     rejection_row,
+    reseal_select,
+    reseal_update,
+    resealed,
     snapshot_of,
+    snapshot_value,
     task_of,
+    task_value,
 )
 from workflow.client import ClientSnapshot
 from workflow.policy import DEFAULT_POLICY, CarePolicy
@@ -343,7 +348,7 @@ class _Transaction:
                 (ids,),
             )
         found = {
-            client_id: snapshot_of(snapshot, self._codec)
+            client_id: snapshot_of(client_id, snapshot, self._codec)
             for client_id, snapshot in cursor.fetchall()
         }
         self._locked.update(unlocked)
@@ -425,13 +430,7 @@ class _Transaction:
             insert(
                 "clients",
                 [
-                    (
-                        c.client_id,
-                        c.state,
-                        c.seq,
-                        codec.encode(orjson.dumps(c.to_record()).decode()),
-                        dues[c.client_id],
-                    )
+                    (c.client_id, c.state, c.seq, snapshot_value(c, codec), dues[c.client_id])
                     for c in batch.clients.values()
                 ],
                 "ON CONFLICT (client_id) DO UPDATE SET state = excluded.state,"
@@ -440,15 +439,7 @@ class _Transaction:
             insert(
                 "tasks",
                 [
-                    (
-                        t.id,
-                        t.for_,
-                        t.status,
-                        t.owner,
-                        t.due,
-                        codec.encode(orjson.dumps(t.as_dict()).decode()),
-                        fires[t.id],
-                    )
+                    (t.id, t.for_, t.status, t.owner, t.due, task_value(t, codec), fires[t.id])
                     for t in batch.tasks.values()
                 ],
                 "ON CONFLICT (task_id) DO UPDATE SET status = excluded.status,"
@@ -478,6 +469,7 @@ class PostgresStore(SqlReads):
         checkout_timeout: float = CHECKOUT_TIMEOUT_S,
         policy: CarePolicy = DEFAULT_POLICY,
         cipher: StorageCipher | None = None,
+        access: StoreAccess = "write",
     ) -> None:
         self.url = url
         self.policy = policy
@@ -488,6 +480,7 @@ class PostgresStore(SqlReads):
         self._max_connections = max(2, max_connections)  # a streamed read + reads inside it
         self._checkout_timeout = checkout_timeout
         self._lock = threading.Lock()
+        self._access = access
         self._create_schema()
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._open_pool()
@@ -537,14 +530,24 @@ class PostgresStore(SqlReads):
             ) from None
 
     def _check_key(self, conn: psycopg.Connection[Any]) -> None:
-        """Refuse an encrypted store without its key; mark a store encrypted from now on."""
-        check = self.codec.key_check()
+        """Refuse an encrypted store without its key; a writer with a key marks a new store
+        encrypted (a reader never: store/codec.py `key_check_to_write`)."""
+
+        def stored() -> str | None:
+            row = conn.execute("SELECT value FROM meta WHERE key = %s", (KEY_CHECK_META,))
+            found = row.fetchone()
+            return str(found[0]) if found else None
+
+        def holds_values() -> bool:
+            found = conn.execute(HOLDS_VALUES).fetchone()
+            return bool(found and found[0])
+
+        check = self.codec.key_check_to_write(stored(), self._access, holds_values)
         if check is not None:
             conn.execute(
                 "INSERT INTO meta VALUES (%s, %s) ON CONFLICT DO NOTHING", (KEY_CHECK_META, check)
             )
-        row = conn.execute("SELECT value FROM meta WHERE key = %s", (KEY_CHECK_META,)).fetchone()
-        self.codec.check_key(row[0] if row else None)
+        self.codec.check_key(stored(), self._access)  # another writer's, if it came first
 
     def _migrate(self, conn: psycopg.Connection[Any], found: str) -> None:
         """An earlier schema version to this one in place, in the caller's transaction."""
@@ -592,7 +595,7 @@ class PostgresStore(SqlReads):
             (after,),
         ).fetchall():
             after = rows[-1][0]
-            snapshots = [snapshot_of(row[1], self.codec) for row in rows]
+            snapshots = [snapshot_of(row[0], row[1], self.codec) for row in rows]
             dues = next_dues(snapshots, self.policy, lambda keys: _stored_receipts(conn, keys))
             conn.execute(
                 "UPDATE clients c SET next_due = d.next_due"
@@ -607,7 +610,7 @@ class PostgresStore(SqlReads):
             (after,),
         ).fetchall():
             after = rows[-1][0]
-            tasks = [task_of(row[1], self.codec) for row in rows]
+            tasks = [task_of(row[0], row[1], self.codec) for row in rows]
             fires = fire_times(tasks, lambda keys: _stored_receipts(conn, keys))
             conn.execute(
                 "UPDATE tasks t SET fires_at = f.fires_at"
@@ -804,17 +807,20 @@ class PostgresStore(SqlReads):
     # Reads ----------------------------------------------------------------------------
     def get_client(self, client_id: str) -> ClientSnapshot | None:
         rows = self._query("SELECT snapshot FROM clients WHERE client_id = %s", (client_id,))
-        return snapshot_of(rows[0][0], self.codec) if rows else None
+        return snapshot_of(client_id, rows[0][0], self.codec) if rows else None
 
     def clients(self, state: str | None = None, limit: int = 1000) -> list[ClientSnapshot]:
         if state is None:
-            rows = self._query("SELECT snapshot FROM clients ORDER BY client_id LIMIT %s", (limit,))
+            rows = self._query(
+                "SELECT client_id, snapshot FROM clients ORDER BY client_id LIMIT %s", (limit,)
+            )
         else:
             rows = self._query(
-                "SELECT snapshot FROM clients WHERE state = %s ORDER BY client_id LIMIT %s",
+                "SELECT client_id, snapshot FROM clients WHERE state = %s"
+                " ORDER BY client_id LIMIT %s",
                 (state, limit),
             )
-        return [snapshot_of(row[0], self.codec) for row in rows]
+        return [snapshot_of(row[0], row[1], self.codec) for row in rows]
 
     def client_ids(self) -> Iterator[str]:
         for (client_id,) in self._stream("SELECT client_id FROM clients ORDER BY client_id"):
@@ -863,34 +869,25 @@ class PostgresStore(SqlReads):
         )
 
     def reseal(self, chunk: int = 500) -> Iterator[int]:
-        """Re-encode every codec value not sealed with the cipher's first key (`kapflow
-        rotate-key`): one transaction per chunk, yielding how many values each rewrote.
+        """Re-encode every codec value not sealed and bound with the cipher's first key
+        (`kapflow rotate-key`): one transaction per chunk, yielding how many values each
+        rewrote.
 
-        Resumable: values already sealed with the first key are skipped, so an interrupted
-        run simply starts again. The key check moves to the new key once all are done.
+        Resumable: values already sealed and bound with the first key are skipped, so an
+        interrupted run simply starts again. Once all are done the key check moves to the
+        new key and says every value is bound: from then on nothing else is read.
         """
         codec = self.codec
         for table, (key, columns) in ENCODED_COLUMNS.items():
             after: Any = "" if key in ("client_id", "task_id") else -1
-            while rows := self._query(
-                f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE {key} > %s"
-                f" ORDER BY {key} LIMIT %s",
-                (after, chunk),
-            ):
+            while rows := self._query(reseal_select(table, "%s"), (after, chunk)):
                 after = rows[-1][0]
-                stale = [row for row in rows if any(map(codec.needs_reseal, row[1:]))]
+                stale = resealed(table, rows, codec)
                 if not stale:
                     continue
-                assignments = ", ".join(f"{column} = %s" for column in columns)
                 pool, conn = self._begin("re-encrypting stored values")
                 try:
-                    conn.cursor().executemany(
-                        f"UPDATE {table} SET {assignments} WHERE {key} = %s",
-                        [
-                            (*(codec.encode(codec.decode(v)) for v in row[1:]), row[0])
-                            for row in stale
-                        ],
-                    )
+                    conn.cursor().executemany(reseal_update(table, "%s"), stale)
                     conn.execute("COMMIT")
                 except psycopg.Error as error:
                     self._rollback(conn)
@@ -905,6 +902,7 @@ class PostgresStore(SqlReads):
                 (KEY_CHECK_META, check, check),
                 rows=False,
             )
+            codec.check_key(check, "reseal")
 
     def prune_outbox(self, published_before: str) -> int:
         """Delete outbox rows published before the given time; the number deleted."""

@@ -7,21 +7,25 @@ streams, locks and writes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from kapflow.store.base import (
     ClientHistory,
+    ClientRow,
     HistoryEntry,
     OutboxRef,
     OutboxRow,
     ParkedEvent,
     Receipt,
     RejectedRecord,
+    StoredRows,
+    TaskRow,
+    Unbacked,
 )
-from kapflow.store.codec import StorageCodec, pack_hash, unpack_hash
+from kapflow.store.codec import StorageCodec, pack_hash, row_context, unpack_hash
 from workflow.client import ClientSnapshot
 from workflow.tasks import OPEN_STATUSES, Task
 
@@ -46,6 +50,43 @@ ENCODED_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rejections": ("position", ("reasons", "original")),
     "parked": ("arrival", ("event", "reasons")),
 }
+
+# The columns that name a row, to which each sealed value of it is bound (store/codec.py,
+# format 0x04): stable from the insert on, unlike `position` and `arrival`, which the
+# database hands out.
+ROW_BINDING: dict[str, tuple[str, ...]] = {
+    "history": ("client_id", "seq"),
+    "clients": ("client_id",),
+    "tasks": ("task_id",),
+    "rejections": ("key_source", "key_id"),
+    "parked": ("source", "event_id"),
+}
+
+# Whether a store holds any codec value at all (a writer with a key may mark only an
+# empty store encrypted; store/codec.py `key_check_to_write`).
+HOLDS_VALUES = "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {t})" for t in ENCODED_COLUMNS)
+
+
+# Where each value is stored, as its seal's associated data: one helper per table.
+def history_context(client_id: str, seq: int, column: str) -> bytes:
+    return row_context("history", column, client_id, seq)
+
+
+def snapshot_context(client_id: str) -> bytes:
+    return row_context("clients", "snapshot", client_id)
+
+
+def task_context(task_id: str) -> bytes:
+    return row_context("tasks", "task", task_id)
+
+
+def rejection_context(key_source: str, key_id: str, column: str) -> bytes:
+    return row_context("rejections", column, key_source, key_id)
+
+
+def parked_context(source: str, event_id: str, column: str) -> bytes:
+    return row_context("parked", column, source, event_id)
+
 
 # The open statuses as SQL literals, not parameters: a partial index on open tasks is
 # used only when the query's WHERE visibly implies the index's own.
@@ -81,9 +122,47 @@ OUTBOX_SELECT = (
 )
 
 
+# `kapflow verify`: rows that stand for another row which is not there. Each is a search
+# of a key or unique index (history by (source, event_id) has none: SQLite builds a
+# transient one for the join, PostgreSQL hashes it), so one pass over each table.
+UNBACKED_SELECTS = (
+    # A receipt answers `duplicate` to the event it names: it must stand for a record.
+    "SELECT 'receipts', r.source || ' ' || r.event_id, r.client_id, 'receipt ' || r.outcome"
+    " || ' with no ' || CASE r.outcome WHEN 'parked' THEN 'parked event'"
+    " WHEN 'rejected' THEN 'rejected-log row' ELSE 'history entry' END"
+    " FROM receipts r"
+    " LEFT JOIN history h ON r.outcome IN ('accepted', 'deviation')"
+    " AND h.source = r.source AND h.event_id = r.event_id"
+    " LEFT JOIN parked p ON r.outcome = 'parked' AND p.source = r.source"
+    " AND p.event_id = r.event_id"
+    " LEFT JOIN rejections j ON r.outcome = 'rejected' AND j.key_source = r.source"
+    " AND j.key_id = r.event_id"
+    " WHERE h.client_id IS NULL AND p.client_id IS NULL AND j.key_id IS NULL",
+    "SELECT 'parked', p.source || ' ' || p.event_id, p.client_id, 'parked event with no'"
+    " || ' parked receipt' FROM parked p LEFT JOIN receipts r ON r.source = p.source"
+    " AND r.event_id = p.event_id WHERE r.outcome IS NULL OR r.outcome <> 'parked'",
+    "SELECT 'rejections', j.key_source || ' ' || j.key_id, j.client_id, 'rejected-log row'"
+    " || ' with no rejected receipt' FROM rejections j LEFT JOIN receipts r"
+    " ON r.source = j.key_source AND r.event_id = j.key_id"
+    " WHERE r.outcome IS NULL OR r.outcome <> 'rejected'",
+    "SELECT 'outbox', CAST(o.position AS TEXT), o.client_id, 'outbox row pointing at no '"
+    " || CASE o.kind WHEN 'history' THEN 'history entry' ELSE 'rejected-log row' END"
+    " FROM outbox o LEFT JOIN history h ON o.kind = 'history' AND h.client_id = o.client_id"
+    " AND h.seq = o.seq LEFT JOIN rejections j ON o.kind = 'rejection'"
+    " AND j.key_source = o.key_source AND j.key_id = o.key_id"
+    " WHERE h.client_id IS NULL AND j.key_id IS NULL",
+    # Tasks of a client with neither a client row nor history: the per-client checks,
+    # which read tasks by client id, cannot meet them.
+    "SELECT 'tasks', t.task_id, t.client_id, 'task of a client with no history' FROM tasks t"
+    " WHERE NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = t.client_id)"
+    " AND NOT EXISTS (SELECT 1 FROM history h WHERE h.client_id = t.client_id)",
+)
+
+
 def history_entry(row: Sequence[Any], codec: StorageCodec) -> HistoryEntry:
     """A row of HISTORY_COLUMNS as the entry it records (logical text, hex hashes)."""
     decode = codec.decode
+    client_id, seq = row[0], row[1]
     return HistoryEntry(
         row[0],
         row[1],
@@ -95,8 +174,8 @@ def history_entry(row: Sequence[Any], codec: StorageCodec) -> HistoryEntry:
         row[7],
         row[8],
         row[9],
-        decode(row[10]),
-        decode(row[11]),
+        decode(row[10], history_context(client_id, seq, "event")),
+        decode(row[11], history_context(client_id, seq, "outcome")),
         unpack_hash(row[12]),
         unpack_hash(row[13]),
     )
@@ -112,7 +191,9 @@ def client_histories(
     entries: dict[str, list[HistoryEntry]] = {}
     for row in history_rows:
         entries.setdefault(row[0], []).append(history_entry(row, codec))
-    snapshots = {client_id: snapshot_of(value, codec) for client_id, value in snapshot_rows}
+    snapshots = {
+        client_id: snapshot_of(client_id, value, codec) for client_id, value in snapshot_rows
+    }
     return [
         ClientHistory(client_id, entries.get(client_id, []), snapshots.get(client_id))
         for client_id in client_ids
@@ -133,8 +214,8 @@ def history_row(entry: HistoryEntry, codec: StorageCodec) -> tuple[Any, ...]:
         entry.pathway_version,
         entry.from_state,
         entry.to_state,
-        encode(entry.event),
-        encode(entry.outcome),
+        encode(entry.event, history_context(entry.client_id, entry.seq, "event")),
+        encode(entry.outcome, history_context(entry.client_id, entry.seq, "outcome")),
         pack_hash(entry.prev_hash),
         pack_hash(entry.hash),
     )
@@ -184,8 +265,8 @@ def rejected_record(row: Sequence[Any], codec: StorageCodec) -> RejectedRecord:
         client_id,
         type_,
         recorded_at,
-        codec.decode(row[7]),
-        codec.decode(row[8]),
+        codec.decode(row[7], rejection_context(key_source, key_id, "reasons")),
+        codec.decode(row[8], rejection_context(key_source, key_id, "original")),
     )
 
 
@@ -198,8 +279,12 @@ def rejection_row(record: RejectedRecord, codec: StorageCodec) -> tuple[Any, ...
         record.client_id,
         record.type,
         record.recorded_at,
-        codec.encode(record.reasons),
-        codec.encode(record.original),
+        codec.encode(
+            record.reasons, rejection_context(record.key_source, record.key_id, "reasons")
+        ),
+        codec.encode(
+            record.original, rejection_context(record.key_source, record.key_id, "original")
+        ),
     )
 
 
@@ -213,8 +298,8 @@ def parked_event(row: Sequence[Any], codec: StorageCodec) -> ParkedEvent:
         type_,
         occurred_at,
         recorded_at,
-        codec.decode(row[6]),
-        codec.decode(row[7]),
+        codec.decode(row[6], parked_context(source, event_id, "event")),
+        codec.decode(row[7], parked_context(source, event_id, "reasons")),
     )
 
 
@@ -226,17 +311,77 @@ def parked_row(parked: ParkedEvent, codec: StorageCodec) -> tuple[Any, ...]:
         parked.type,
         parked.occurred_at,
         parked.recorded_at,
-        codec.encode(parked.event),
-        codec.encode(parked.reasons),
+        codec.encode(parked.event, parked_context(parked.source, parked.event_id, "event")),
+        codec.encode(parked.reasons, parked_context(parked.source, parked.event_id, "reasons")),
     )
 
 
-def snapshot_of(value: Any, codec: StorageCodec) -> ClientSnapshot:
-    return ClientSnapshot.from_record(orjson.loads(codec.decode(value)))
+def snapshot_of(client_id: str, value: Any, codec: StorageCodec) -> ClientSnapshot:
+    return ClientSnapshot.from_record(
+        orjson.loads(codec.decode(value, snapshot_context(client_id)))
+    )
 
 
-def task_of(value: Any, codec: StorageCodec) -> Task:
-    return Task.from_dict(orjson.loads(codec.decode(value)))
+def snapshot_value(client: ClientSnapshot, codec: StorageCodec) -> bytes:
+    """A client's snapshot as stored in clients.snapshot."""
+    return codec.encode(
+        orjson.dumps(client.to_record()).decode(), snapshot_context(client.client_id)
+    )
+
+
+def task_of(task_id: str, value: Any, codec: StorageCodec) -> Task:
+    return Task.from_dict(orjson.loads(codec.decode(value, task_context(task_id))))
+
+
+def task_value(task: Task, codec: StorageCodec) -> bytes:
+    """A task as stored in tasks.task."""
+    return codec.encode(orjson.dumps(task.as_dict()).decode(), task_context(task.id))
+
+
+# `kapflow rotate-key`: the rows of a table a chunk at a time, with what names each row.
+def reseal_select(table: str, placeholder: str) -> str:
+    key, columns = ENCODED_COLUMNS[table]
+    p = placeholder
+    return (
+        f"SELECT {key}, {', '.join(ROW_BINDING[table])}, {', '.join(columns)} FROM {table}"
+        f" WHERE {key} > {p} ORDER BY {key} LIMIT {p}"
+    )
+
+
+def reseal_update(table: str, placeholder: str) -> str:
+    key, columns = ENCODED_COLUMNS[table]
+    assignments = ", ".join(f"{column} = {placeholder}" for column in columns)
+    return f"UPDATE {table} SET {assignments} WHERE {key} = {placeholder}"
+
+
+def resealed(
+    table: str, rows: Sequence[Sequence[Any]], codec: StorageCodec
+) -> list[tuple[Any, ...]]:
+    """The rows of `reseal_select` holding a value not sealed and bound with the write key,
+    as parameters of `reseal_update`: every value of the row sealed again, bound to it.
+
+    Each value is read as the store's mode allows: a store already bound refuses a clear
+    value here too, so a forged row is never sealed into looking genuine.
+    """
+    columns = ENCODED_COLUMNS[table][1]
+    naming = len(ROW_BINDING[table])
+    out: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = row[1 + naming :]
+        if not any(map(codec.needs_reseal, values)):
+            continue
+        key = row[1 : 1 + naming]
+        contexts = [row_context(table, column, *key) for column in columns]
+        out.append(
+            (
+                *(
+                    codec.encode(codec.decode(v, c), c)
+                    for v, c in zip(values, contexts, strict=True)
+                ),
+                row[0],
+            )
+        )
+    return out
 
 
 def outbox_rows(rows: list[Any], codec: StorageCodec) -> list[OutboxRow]:
@@ -298,31 +443,34 @@ class SqlReads:
         p = self.placeholder
         clauses, params = task_filters(open_only, owner, due_before, client_id, p)
         rows = self._query(
-            f"SELECT task FROM tasks {clauses} ORDER BY due, task_id LIMIT {p}", [*params, limit]
+            f"SELECT task_id, task FROM tasks {clauses} ORDER BY due, task_id LIMIT {p}",
+            [*params, limit],
         )
-        return [task_of(row[0], self.codec) for row in rows]
+        return [task_of(row[0], row[1], self.codec) for row in rows]
 
     def task(self, task_id: str) -> Task | None:
         rows = self._query(f"SELECT task FROM tasks WHERE task_id = {self.placeholder}", [task_id])
-        return task_of(rows[0][0], self.codec) if rows else None
+        return task_of(task_id, rows[0][0], self.codec) if rows else None
 
     def clients_due(self, before: str, limit: int = 100_000) -> list[ClientSnapshot]:
         """Clients with a timer due before `before` that the clock has not recorded yet."""
         p = self.placeholder
         rows = self._query(
-            f"SELECT snapshot FROM clients WHERE next_due < {p} ORDER BY next_due LIMIT {p}",
+            f"SELECT client_id, snapshot FROM clients WHERE next_due < {p}"
+            f" ORDER BY next_due LIMIT {p}",
             (before, limit),
         )
-        return [snapshot_of(row[0], self.codec) for row in rows]
+        return [snapshot_of(row[0], row[1], self.codec) for row in rows]
 
     def tasks_due(self, before: str, limit: int = 100_000) -> list[Task]:
         """Open tasks due before `before` whose deadline the clock has not recorded yet."""
         p = self.placeholder
         rows = self._query(
-            f"SELECT task FROM tasks WHERE fires_at < {p} ORDER BY fires_at, task_id LIMIT {p}",
+            f"SELECT task_id, task FROM tasks WHERE fires_at < {p}"
+            f" ORDER BY fires_at, task_id LIMIT {p}",
             (before, limit),
         )
-        return [task_of(row[0], self.codec) for row in rows]
+        return [task_of(row[0], row[1], self.codec) for row in rows]
 
     def open_task_counts(self, overdue_before: str) -> dict[str, tuple[int, int]]:
         """Open and overdue task counts per owner role, counted in the open-task index."""
@@ -374,3 +522,99 @@ class SqlReads:
             (limit,),
         )
         return outbox_rows(rows, self.codec)
+
+    # Reads for `kapflow verify` --------------------------------------------------------
+    def _in_chunks(
+        self, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
+    ) -> Iterator[Any]:
+        """`sql` with `{ids}` as an IN list, run over `values` 500 at a time."""
+        ordered = sorted(set(values))
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            ids = "IN (" + ",".join([self.placeholder] * len(chunk)) + ")"
+            yield from self._query(sql.format(ids=ids), [*params, *chunk])
+
+    def stored_rows(self, client_ids: Sequence[str]) -> StoredRows:
+        rows = StoredRows()
+        for client_id, state, seq, next_due in self._in_chunks(
+            "SELECT client_id, state, seq, next_due FROM clients WHERE client_id {ids}",
+            client_ids,
+        ):
+            rows.clients[client_id] = ClientRow(client_id, state, seq, next_due)
+        for row in self._in_chunks(
+            "SELECT task_id, client_id, status, owner, due, task, fires_at FROM tasks"
+            " WHERE client_id {ids}",
+            client_ids,
+        ):
+            task_id, client_id, status, owner, due, value, fires_at = row
+            text = self.codec.decode(value, task_context(task_id))
+            task = TaskRow(task_id, client_id, status, owner, due, text, fires_at)
+            rows.tasks.setdefault(task.client_id, []).append(task)
+        for tasks in rows.tasks.values():
+            tasks.sort(key=lambda task: task.task_id)  # in the query, a sort the index spares
+        for client_id, count in self._in_chunks(
+            "SELECT client_id, count(*) FROM parked WHERE client_id {ids} GROUP BY client_id",
+            client_ids,
+        ):
+            rows.parked[client_id] = int(count)
+        return rows
+
+    def receipts_of(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
+        # One search of the primary key per source: a batch of clients names few sources.
+        by_source: dict[str, list[str]] = {}
+        for source, event_id in keys:
+            by_source.setdefault(source, []).append(event_id)
+        found: dict[tuple[str, str], Receipt] = {}
+        for source, ids in sorted(by_source.items()):
+            sql = f"SELECT {RECEIPT_COLUMNS} FROM receipts WHERE source = {self.placeholder}"
+            for row in self._in_chunks(sql + " AND event_id {ids}", ids, (source,)):
+                found[(source, row[1])] = receipt_of(row)
+        return found
+
+    def unbacked_rows(self) -> Iterator[Unbacked]:
+        for sql in UNBACKED_SELECTS:
+            for table, key, client_id, detail in self._query(sql):
+                yield Unbacked(table, key, client_id, detail)
+
+    def missing_from_outbox(self) -> tuple[list[HistoryEntry], list[tuple[str, str]]]:
+        # Only rows published are pruned, in position order, so whatever was recorded in a
+        # later second than the oldest row still there must still have its row.
+        oldest = "(SELECT recorded_at FROM outbox ORDER BY position LIMIT 1)"
+        columns = ", ".join(f"h.{column.strip()}" for column in HISTORY_COLUMNS.split(","))
+        history = self._query(
+            f"SELECT {columns} FROM history h LEFT JOIN outbox o ON o.kind = 'history'"
+            " AND o.client_id = h.client_id AND o.seq = h.seq"
+            f" WHERE h.recorded_at > {oldest} AND o.position IS NULL"
+            " ORDER BY h.client_id, h.seq"
+        )
+        rejections = self._query(
+            "SELECT j.key_source, j.key_id FROM rejections j LEFT JOIN outbox o"
+            " ON o.kind = 'rejection' AND o.key_source = j.key_source AND o.key_id = j.key_id"
+            f" WHERE j.recorded_at > {oldest} AND o.position IS NULL ORDER BY j.position"
+        )
+        entries = [history_entry(row, self.codec) for row in history]
+        return entries, [(row[0], row[1]) for row in rejections]
+
+    def outbox_positions(self) -> tuple[list[int], int | None]:
+        [(published,)] = self._query(
+            "SELECT max(position) FROM outbox WHERE published_at IS NOT NULL"
+        )
+        unpublished = self._query(
+            "SELECT position FROM outbox WHERE published_at IS NULL ORDER BY position"
+        )
+        return [int(row[0]) for row in unpublished], published
+
+    def history_links(self, after: int, limit: int) -> list[tuple[int, str, int, str]]:
+        p = self.placeholder
+        rows = self._query(
+            f"SELECT position, client_id, seq, hash FROM history WHERE position > {p}"
+            f" ORDER BY position LIMIT {p}",
+            (after, limit),
+        )
+        return [(int(row[0]), row[1], int(row[2]), unpack_hash(row[3])) for row in rows]
+
+    def last_positions(self) -> tuple[int, int]:
+        [(history, rejections)] = self._query(
+            "SELECT (SELECT max(position) FROM history), (SELECT max(position) FROM rejections)"
+        )
+        return int(history or 0), int(rejections or 0)

@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from kapflow.store.base import (
     BatchWrites,
     ClientHistory,
@@ -26,7 +24,7 @@ from kapflow.store.base import (
     UnstorableData,
 )
 from kapflow.store.checkpointer import BACKSTOP_PAGES, WalCheckpointer
-from kapflow.store.codec import KEY_CHECK_META, StorageCipher, StorageCodec
+from kapflow.store.codec import KEY_CHECK_META, StorageCipher, StorageCodec, StoreAccess
 from kapflow.store.database import sqlite_path
 from kapflow.store.due import CLOCK_MARK, ReceiptKey, fire_times, next_dues, recorded_until
 from kapflow.store.file_modes import create_private
@@ -34,6 +32,7 @@ from kapflow.store.sql import (
     ENCODED_COLUMNS,
     HISTORY_COLUMNS,
     HISTORY_OF_CLIENTS,
+    HOLDS_VALUES,
     OPEN_STATUS_SQL,
     RECEIPT_COLUMNS,
     RECEIPT_REWRITE,
@@ -48,8 +47,13 @@ from kapflow.store.sql import (
     receipt_of,
     receipt_row,
     rejection_row,
+    reseal_select,
+    reseal_update,
+    resealed,
     snapshot_of,
+    snapshot_value,
     task_of,
+    task_value,
 )
 from workflow.client import ClientSnapshot
 from workflow.policy import DEFAULT_POLICY, CarePolicy
@@ -194,7 +198,7 @@ class _Transaction:
                 chunk,
             ).fetchall()
             for client_id, snapshot in rows:
-                found[client_id] = snapshot_of(snapshot, self._codec)
+                found[client_id] = snapshot_of(client_id, snapshot, self._codec)
         return found
 
     def parked(self, client_id: str) -> list[ParkedEvent]:
@@ -272,13 +276,7 @@ class _Transaction:
                 " state = excluded.state, seq = excluded.seq, snapshot = excluded.snapshot,"
                 " next_due = excluded.next_due",
                 [
-                    (
-                        c.client_id,
-                        c.state,
-                        c.seq,
-                        codec.encode(orjson.dumps(c.to_record()).decode()),
-                        dues[c.client_id],
-                    )
+                    (c.client_id, c.state, c.seq, snapshot_value(c, codec), dues[c.client_id])
                     for c in batch.clients.values()
                 ],
             )
@@ -295,15 +293,7 @@ class _Transaction:
                 " status = excluded.status, owner = excluded.owner, due = excluded.due,"
                 " task = excluded.task, fires_at = excluded.fires_at",
                 [
-                    (
-                        t.id,
-                        t.for_,
-                        t.status,
-                        t.owner,
-                        t.due,
-                        codec.encode(orjson.dumps(t.as_dict()).decode()),
-                        fires[t.id],
-                    )
+                    (t.id, t.for_, t.status, t.owner, t.due, task_value(t, codec), fires[t.id])
                     for t in batch.tasks.values()
                 ],
             )
@@ -327,6 +317,7 @@ class SQLiteStore(SqlReads):
         policy: CarePolicy = DEFAULT_POLICY,
         *,
         cipher: StorageCipher | None = None,
+        access: StoreAccess = "write",
     ) -> None:
         self.url = url
         self.policy = policy
@@ -345,17 +336,25 @@ class SQLiteStore(SqlReads):
         # Checkpoints off the commit path (store/checkpointer.py).
         self._checkpointer = WalCheckpointer(path) if path != ":memory:" else None
         conn = self._conn()
-        with self._lock:
-            self._open_schema(conn)
-            self._check_key(conn)
+        try:
+            with self._lock:
+                self._open_schema(conn)
+                self._check_key(conn, access)
+        except BaseException:
+            self.close()  # refused (a key, a newer schema): no thread or connection left
+            raise
 
-    def _check_key(self, conn: sqlite3.Connection) -> None:
-        """Refuse an encrypted store without its key; mark a store encrypted from now on."""
-        check = self.codec.key_check()
+    def _check_key(self, conn: sqlite3.Connection, access: StoreAccess) -> None:
+        """Refuse an encrypted store without its key; a writer with a key marks a new store
+        encrypted (a reader never: store/codec.py `key_check_to_write`)."""
+        stored = _key_check(conn)
+        check = self.codec.key_check_to_write(
+            stored, access, lambda: bool(conn.execute(HOLDS_VALUES).fetchone()[0])
+        )
         if check is not None:
             conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (KEY_CHECK_META, check))
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (KEY_CHECK_META,)).fetchone()
-        self.codec.check_key(row[0] if row else None)
+            stored = _key_check(conn)  # another writer's, if it came first
+        self.codec.check_key(stored, access)
 
     def _open_schema(self, conn: sqlite3.Connection) -> None:
         """Create the schema, or migrate a store written by an earlier release in place."""
@@ -416,7 +415,7 @@ class SQLiteStore(SqlReads):
             (after,),
         ).fetchall():
             after = rows[-1][0]
-            snapshots = [snapshot_of(row[1], self.codec) for row in rows]
+            snapshots = [snapshot_of(row[0], row[1], self.codec) for row in rows]
             dues = next_dues(snapshots, self.policy, lambda keys: _receipts(conn, keys))
             conn.executemany(
                 "UPDATE clients SET next_due = ? WHERE client_id = ?",
@@ -429,7 +428,7 @@ class SQLiteStore(SqlReads):
             (after,),
         ).fetchall():
             after = rows[-1][0]
-            tasks = [task_of(row[1], self.codec) for row in rows]
+            tasks = [task_of(row[0], row[1], self.codec) for row in rows]
             fires = fire_times(tasks, lambda keys: _receipts(conn, keys))
             conn.executemany(
                 "UPDATE tasks SET fires_at = ? WHERE task_id = ?",
@@ -498,17 +497,20 @@ class SQLiteStore(SqlReads):
     # Reads ----------------------------------------------------------------------------
     def get_client(self, client_id: str) -> ClientSnapshot | None:
         rows = self._query("SELECT snapshot FROM clients WHERE client_id = ?", (client_id,))
-        return snapshot_of(rows[0][0], self.codec) if rows else None
+        return snapshot_of(client_id, rows[0][0], self.codec) if rows else None
 
     def clients(self, state: str | None = None, limit: int = 1000) -> list[ClientSnapshot]:
         if state is None:
-            rows = self._query("SELECT snapshot FROM clients ORDER BY client_id LIMIT ?", (limit,))
+            rows = self._query(
+                "SELECT client_id, snapshot FROM clients ORDER BY client_id LIMIT ?", (limit,)
+            )
         else:
             rows = self._query(
-                "SELECT snapshot FROM clients WHERE state = ? ORDER BY client_id LIMIT ?",
+                "SELECT client_id, snapshot FROM clients WHERE state = ?"
+                " ORDER BY client_id LIMIT ?",
                 (state, limit),
             )
-        return [snapshot_of(row[0], self.codec) for row in rows]
+        return [snapshot_of(row[0], row[1], self.codec) for row in rows]
 
     def client_ids(self) -> Iterator[str]:
         for (client_id,) in self._query("SELECT client_id FROM clients ORDER BY client_id"):
@@ -591,35 +593,26 @@ class SQLiteStore(SqlReads):
         return counts
 
     def reseal(self, chunk: int = 500) -> Iterator[int]:
-        """Re-encode every codec value not sealed with the cipher's first key (`kapflow
-        rotate-key`): one transaction per chunk, yielding how many values each rewrote.
+        """Re-encode every codec value not sealed and bound with the cipher's first key
+        (`kapflow rotate-key`): one transaction per chunk, yielding how many values each
+        rewrote.
 
-        Resumable: values already sealed with the first key are skipped, so an interrupted
-        run simply starts again. The key check moves to the new key once all are done.
+        Resumable: values already sealed and bound with the first key are skipped, so an
+        interrupted run simply starts again. Once all are done the key check moves to the
+        new key and says every value is bound: from then on nothing else is read.
         """
         codec, conn = self.codec, self._conn()
         for table, (key, columns) in ENCODED_COLUMNS.items():
             after: Any = "" if key in ("client_id", "task_id") else -1
-            while rows := conn.execute(
-                f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE {key} > ?"
-                f" ORDER BY {key} LIMIT ?",
-                (after, chunk),
-            ).fetchall():
+            while rows := conn.execute(reseal_select(table, "?"), (after, chunk)).fetchall():
                 after = rows[-1][0]
-                stale = [row for row in rows if any(map(codec.needs_reseal, row[1:]))]
+                stale = resealed(table, rows, codec)
                 if not stale:
                     continue
-                assignments = ", ".join(f"{column} = ?" for column in columns)
                 with self._lock:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
-                        conn.executemany(
-                            f"UPDATE {table} SET {assignments} WHERE {key} = ?",
-                            [
-                                (*(codec.encode(codec.decode(v)) for v in row[1:]), row[0])
-                                for row in stale
-                            ],
-                        )
+                        conn.executemany(reseal_update(table, "?"), stale)
                     except BaseException:
                         conn.execute("ROLLBACK")
                         raise
@@ -631,6 +624,7 @@ class SQLiteStore(SqlReads):
                 "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?",
                 (KEY_CHECK_META, check, check),
             )
+            codec.check_key(check, "reseal")
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -648,6 +642,11 @@ def _add_receipt_digest(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(receipts)")}
     if "digest" not in columns:
         conn.execute("ALTER TABLE receipts ADD COLUMN digest BLOB")
+
+
+def _key_check(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (KEY_CHECK_META,)).fetchone()
+    return str(row[0]) if row else None
 
 
 def _schema_version(conn: sqlite3.Connection) -> str | None:

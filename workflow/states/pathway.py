@@ -205,6 +205,8 @@ class CarePathway(StateMachine):
     claim_task = _stay(*KNOWN)
     cancel_task = _stay(*KNOWN)
     reassign_task = _stay(*KNOWN)
+    # Break-glass reads the record in an emergency; it never moves the client (issue 18).
+    break_glass = _stay(*KNOWN)
 
     # Endings ------------------------------------------------------------------------------
     complete_course = _each(
@@ -247,6 +249,7 @@ TRIGGERS: dict[str, str] = {
     "operations.task_claimed": "claim_task",
     "operations.task_cancelled": "cancel_task",
     "operations.task_reassigned": "reassign_task",
+    "operations.break_glass_invoked": "break_glass",
 }
 
 # The main line, in order; an event legal further along it is premature, not illegal.

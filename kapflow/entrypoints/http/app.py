@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from kapflow.bootstrap import bootstrap
 from kapflow.entrypoints.http import (
     audit,
+    break_glass,
     events,
     fhir,
     live,
@@ -60,7 +61,9 @@ Authenticate with `Authorization: Bearer <API key>` (`kapflow keys create`). Rol
 `publisher` (POST events of its own type prefixes), `dashboard` (states, counts, tasks,
 stream, FHIR tasks), `operations` (the same, and acts on tasks: complete, claim, cancel,
 reassign), `auditor` (all reads, incl. histories, replays, exports, verify,
-rejections, access log), `admin` (everything).
+rejections, access log), `admin` (everything). In an emergency a dashboard-role person may
+break the glass on one client (`POST /v1/clients/{id}/break-glass`): recorded and reviewed,
+it lets them read that client's history and replay for a few minutes.
 
 `POST /v1/events` answers 200 with one outcome per event (accepted, deviation, duplicate,
 rejected, parked) whenever every event got one; see the operation for the other statuses.
@@ -269,7 +272,17 @@ def create_app(settings: HttpSettings) -> FastAPI:
     app.state.services = None
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (events, reads, work_queue, audit, live, fhir, pages, protocol_page):
+    for module in (
+        events,
+        reads,
+        work_queue,
+        break_glass,
+        audit,
+        live,
+        fhir,
+        pages,
+        protocol_page,
+    ):
         app.include_router(module.router)
     app.add_middleware(
         HttpMetricsMiddleware,

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from kapflow.entrypoints.http.auth import require
+from kapflow.entrypoints.http.auth import require, require_or_break_glass
 from kapflow.entrypoints.http.context import record_access, services
 from kapflow.entrypoints.http.errors import ApiError, errors_for
 from kapflow.entrypoints.http.params import parse_time, time_query
@@ -49,7 +49,7 @@ router = APIRouter(tags=["audit"])
 def history(
     request: Request,
     client_id: ClientIdPath,
-    _: Annotated[object, Depends(require(Permission.READ_HISTORY))],
+    _: Annotated[object, Depends(require_or_break_glass(Permission.READ_HISTORY))],
 ) -> Response:
     record_access(request, "history", client_id)
     entries = services(request).store.history(client_id)
@@ -69,7 +69,7 @@ def history(
 def replay_client(
     request: Request,
     client_id: ClientIdPath,
-    _: Annotated[object, Depends(require(Permission.REPLAY))],
+    _: Annotated[object, Depends(require_or_break_glass(Permission.REPLAY))],
     as_of: Annotated[str | None, time_query("events that happened up to this time")] = None,
     known_at: Annotated[str | None, time_query("what kapflow had recorded by this time")] = None,
 ) -> Response:

@@ -101,8 +101,15 @@ def record_access(
     request: Request, action: str, client_id: str | None = None, detail: str | None = None
 ) -> None:
     """Record a sensitive read BEFORE serving it: if it cannot be recorded, it is not served
-    (a StoreError here becomes a 503)."""
+    (a StoreError here becomes a 503). A read admitted by a break-glass grant (issue 18) is
+    logged under role `break_glass`, its detail naming the person's own role and the grant."""
     who = principal(request)
+    role = who.role
+    grant = getattr(request.state, "break_glass", None)
+    if grant is not None:
+        role = "break_glass"
+        marks = f"role={who.role},grant={grant.event_id},until={iso(grant.until)}"
+        detail = f"{marks},{detail}" if detail else marks
     services(request).access_log.record(
-        AccessRecord(iso(server_now()), who.name, who.role, action, client_id, detail)
+        AccessRecord(iso(server_now()), who.name, role, action, client_id, detail)
     )

@@ -32,7 +32,7 @@ from fastapi.responses import Response
 from fhir.resources.bundle import Bundle
 
 from kapflow.entrypoints.http.auth import require
-from kapflow.entrypoints.http.context import server_now, services
+from kapflow.entrypoints.http.context import record_access, server_now, services
 from kapflow.entrypoints.http.errors import ApiError, errors_for
 from kapflow.entrypoints.http.metrics import OWNERS
 from kapflow.entrypoints.http.reads import CLIENT_ID_PATTERN
@@ -167,6 +167,7 @@ def search_tasks(
     if owner is not None and owner not in OWNERS:
         raise ApiError(422, "invalid_parameter", "`owner` is not a task owner role", field="owner")
     open_only = statuses is not None and statuses <= OPEN_STATUSES
+    record_access(request, "fhir-tasks", patient)
     store = services(request).store
     # Fetch one more than asked, to know whether the page is complete (Bundle.total).
     found = store.tasks(open_only=open_only, owner=owner, client_id=patient, limit=count + 1)

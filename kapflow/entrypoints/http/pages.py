@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import re
 from functools import cache
 from importlib import resources
@@ -23,10 +24,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kapflow.entrypoints.http.auth import require
 from kapflow.entrypoints.http.context import services
 from kapflow.entrypoints.http.errors import errors_for
+from kapflow.entrypoints.http.oidc import dashboard_sign_in, provider_origin
 from kapflow.entrypoints.http.schemas import HealthOut, ReadyOut
 from kapflow.service.access import Permission
+from kapflow.settings import OidcSettings, SettingsError, load_oidc_settings
 
 router = APIRouter()
+log = logging.getLogger("kapflow.http.pages")
 
 STATIC = resources.files("kapflow.entrypoints.http") / "static"
 _DASHBOARD_FILES = {
@@ -35,9 +39,11 @@ _DASHBOARD_FILES = {
     "client.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
-# The page's own origin only: no inline script, no external anything.
+# The page's own origin only: no inline script, no external anything; when people sign in
+# with OpenID Connect, the page may also call the provider (its discovery document and token
+# endpoint: the code exchange is the browser's, a public client's), nothing else.
 _DASHBOARD_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src {connect}; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
@@ -114,24 +120,51 @@ def metrics(
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _page(name: str) -> Response:
+def _sign_in(request: Request) -> dict[str, str] | None:
+    """The dashboard's OpenID Connect sign-in (KAPFLOW_OIDC_*), read once per app; None when
+    off, under --insecure-dev (no one signs in), or misconfigured (logged; API keys stay)."""
+    state = request.app.state
+    if not hasattr(state, "dashboard_sign_in"):
+        try:
+            settings: OidcSettings | None = load_oidc_settings()
+        except SettingsError as error:
+            log.error("dashboard sign-in off: %s", error)
+            settings = None
+        on = settings is not None and state.keys is not None
+        state.dashboard_sign_in = dashboard_sign_in(settings) if on and settings else None
+    found: dict[str, str] | None = state.dashboard_sign_in
+    return found
+
+
+def _page(request: Request, name: str) -> Response:
+    sign_in = _sign_in(request)
+    connect = "'self'" if sign_in is None else f"'self' {provider_origin(sign_in['issuer'])}"
     return Response(
         (STATIC / name).read_bytes(),
         media_type="text/html; charset=utf-8",
-        headers={"Content-Security-Policy": _DASHBOARD_CSP, "Cache-Control": "no-cache"},
+        headers={
+            "Content-Security-Policy": _DASHBOARD_CSP.format(connect=connect),
+            "Cache-Control": "no-cache",
+        },
     )
 
 
 @router.get("/dashboard", include_in_schema=False)
-async def dashboard() -> Response:
-    return _page("dashboard.html")
+async def dashboard(request: Request) -> Response:
+    return _page(request, "dashboard.html")
 
 
 @router.get("/dashboard/clients/{client_id}", include_in_schema=False)
-async def client_page(client_id: str) -> Response:
+async def client_page(request: Request, client_id: str) -> Response:
     # The page reads its client id from the URL and asks the API (with the key) for data:
     # the HTML itself holds nothing about the client.
-    return _page("client.html")
+    return _page(request, "client.html")
+
+
+@router.get("/dashboard/sign-in.json", include_in_schema=False)
+async def sign_in_options(request: Request) -> JSONResponse:
+    # Public, as a provider's discovery document is: an issuer, a public client id, a path.
+    return JSONResponse({"oidc": _sign_in(request)}, headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/dashboard/{name}", include_in_schema=False)

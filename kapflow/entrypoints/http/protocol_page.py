@@ -1,21 +1,28 @@
-"""`GET /protocol`: the protocol document (workflow/protocol.py) as printable HTML.
+"""`GET /protocol[?release=V]`: the protocol document (workflow/protocol.py) as printable
+HTML.
 
-The same structure `kapflow protocol` prints as Markdown, rendered here for a browser and
-for paper: no script, one inline style sheet, the diagram as Graphviz SVG when Graphviz is
-installed (Mermaid text otherwise). It holds no client data, so it needs no key.
+The Markdown `kapflow protocol` prints, rendered with markdown-it-py (one source for both)
+for a browser and for paper: no script, one inline style sheet, the diagram as Graphviz SVG
+when Graphviz is installed (Mermaid text otherwise). It holds no client data, so it needs no
+key.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from functools import lru_cache
 from html import escape
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
-from workflow.protocol import ProtocolDocument, protocol_document, transition_rows
+from kapflow.entrypoints.http.errors import ApiError
+from workflow.protocol import ProtocolDocument, protocol_document, protocol_markdown
+from workflow.releases import RELEASES
 
 router = APIRouter()
 
@@ -47,8 +54,20 @@ nav ol { columns: 2; }
 """
 
 
-def _code(text: str) -> str:
-    return f"<code>{escape(text)}</code>"
+# CommonMark with tables; raw HTML in the source is escaped, never passed through.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+_MERMAID_BLOCK = re.compile(r'<pre><code class="language-mermaid">.*?</code></pre>', re.DOTALL)
+_SLUG = re.compile(r"[^a-z0-9]+")
+# The page is HTML; its refusals are the API's JSON errors, documented as such.
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    "required": ["error", "detail"],
+}
+_JSON_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"description": why, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    for code, why in ((404, "unknown pathway release"), (422, "invalid parameter"))
+}
 
 
 def _dot(document: ProtocolDocument) -> str:
@@ -93,108 +112,37 @@ def _diagram(document: ProtocolDocument) -> str:
     )
 
 
-def render_protocol(document: ProtocolDocument) -> str:
-    out: list[str] = [
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">',
-        f"<title>KAP care pathway protocol {escape(document.version)}</title>",
-        f"<style>{_STYLE}</style></head><body><main>",
-        f"<h1>KAP care pathway — protocol</h1><p class='meta'>Pathway version "
-        f"{_code(document.version)}. Generated from kapflow's code: every transition, rule, "
-        "task and default below is what the engine runs. A change to the code changes this "
-        "document.</p>",
-        "<nav aria-label='contents'><ol><li><a href='#states'>States</a></li>"
-        "<li><a href='#diagram'>Diagram</a></li><li><a href='#events'>Events and "
-        "transitions</a></li><li><a href='#rules'>Rules</a></li><li><a href='#tasks'>"
-        "Follow-up tasks</a></li><li><a href='#policy'>Policy defaults</a></li></ol></nav>",
-        "<h2 id='states'>States</h2><table><thead><tr><th scope='col'>State</th>"
-        "<th scope='col'>Main line</th><th scope='col'>Meaning</th></tr></thead><tbody>",
-    ]
-    for state in document.states:
-        out.append(
-            f"<tr><td>{_code(state.id)}</td><td>{'yes' if state.on_main_line else ''}</td>"
-            f"<td>{escape(state.meaning)}</td></tr>"
-        )
-    out.append("</tbody></table>")
-    out.append(f"<h2 id='diagram'>Diagram</h2>{_diagram(document)}")
-    out.append(
-        "<h2 id='events'>Events and transitions</h2><p>Each event type triggers one machine "
-        "event. From each state it may move the client (or leave the state as it is), when "
-        "its guards hold, after its checks. A check that fails names its rule: a fact of care "
-        "that breaks a protocol rule is recorded as a deviation; a contradiction of settled "
-        "facts is rejected.</p>"
-    )
-    for event_type, machine_event, says in document.event_types:
-        out.append(f"<h3 id='{escape(event_type)}'>{_code(event_type)}</h3>")
-        if says:
-            out.append(f"<p>{escape(says)}</p>")
-        rows = transition_rows(document, machine_event)
-        if not rows:
-            out.append("<p>No transition: not recorded by the pathway.</p>")
+def _name_headings(tokens: list[Token]) -> None:
+    """Anchors for the sections (`#diagram`, `#rules`) and for each rule, event type and
+    release (`#R12`, `#clinician.dosing_started`), so the document can be linked into."""
+    for heading, inline in zip(tokens, tokens[1:], strict=False):
+        if heading.type != "heading_open" or inline.type != "inline":
             continue
-        out.append(
-            "<table><thead><tr><th scope='col'>From</th><th scope='col'>To</th>"
-            "<th scope='col'>When</th><th scope='col'>Checks (rule)</th></tr></thead><tbody>"
-        )
-        for source, target, when, checks in rows:
-            to = "stays" if target == "stays" else _code(target)
-            out.append(
-                f"<tr><td>{escape(source)}</td><td>{to}</td><td>{escape(when) or '—'}</td>"
-                f"<td>{escape(checks) or '—'}</td></tr>"
-            )
-        out.append("</tbody></table>")
-    out.append("<h2 id='rules'>Rules</h2>")
-    for rule in document.rules:
-        out.append(f"<h3 id='{rule.id}'>{rule.id}</h3>")
-        out += [f"<blockquote>Seed: {escape(sentence)}</blockquote>" for sentence in rule.seed]
-        if rule.checks:
-            out.append("<p>Checked by:</p><ul>")
-            out += [f"<li>{_code(c.name)}: {escape(c.says) or '—'}</li>" for c in rule.checks]
-            out.append("</ul>")
-        if rule.transitions:
-            out.append("<p>Applied on:</p><ul>")
-            out += [f"<li>{escape(where)}</li>" for where in rule.transitions]
-            out.append("</ul>")
-        if rule.also:
-            out.append("<p>Also in:</p><ul>")
-            out += [f"<li>{_code(m.where)}: {escape(m.text)}</li>" for m in rule.also]
-            out.append("</ul>")
-    out.append(
-        "<h2 id='tasks'>Follow-up tasks</h2><table><thead><tr><th scope='col'>Code</th>"
-        "<th scope='col'>What</th><th scope='col'>Opened by</th><th scope='col'>Owner</th>"
-        "<th scope='col'>Priority</th><th scope='col'>Due</th></tr></thead><tbody>"
-    )
-    for task in document.tasks:
-        openings = task.openings or ()
-        if not openings:
-            out.append(
-                f"<tr><td>{_code(task.code)}</td><td>{escape(task.description)}</td>"
-                "<td>—</td><td>—</td><td>—</td><td>—</td></tr>"
-            )
-        for opening in openings:
-            by = ", ".join(opening.event_types) or opening.where
-            out.append(
-                f"<tr><td>{_code(task.code)}</td><td>{escape(task.description)}</td>"
-                f"<td>{escape(by)}</td><td>{escape(opening.owner)}</td>"
-                f"<td>{escape(opening.priority)}</td><td>{escape(opening.due)}</td></tr>"
-            )
-    out.append("</tbody></table>")
-    out.append(
-        "<h2 id='policy'>Policy defaults</h2><table><thead><tr><th scope='col'>Setting</th>"
-        "<th scope='col'>Default</th><th scope='col'>Why</th></tr></thead><tbody>"
-    )
-    for setting in document.policy:
-        out.append(
-            f"<tr><td>{_code(setting.name)}</td><td>{escape(setting.default)}</td>"
-            f"<td>{escape(setting.why) or '—'}</td></tr>"
-        )
-    out.append("</tbody></table></main></body></html>")
-    return "\n".join(out)
+        text = inline.content.replace("`", "").strip()
+        if heading.tag == "h2":
+            text = _SLUG.sub("-", text.lower()).strip("-")
+        heading.attrSet("id", text)
 
 
-@lru_cache(maxsize=1)
-def _page() -> str:
-    # The document depends only on the code: build it once per process.
-    return render_protocol(protocol_document())
+def render_protocol(document: ProtocolDocument) -> str:
+    """The Markdown document (`kapflow protocol`) rendered as HTML: one source for both, and
+    the diagram drawn as SVG in place of its Mermaid text."""
+    tokens = _MARKDOWN.parse(protocol_markdown(document))
+    _name_headings(tokens)
+    body = _MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {})
+    body = _MERMAID_BLOCK.sub(lambda _: _diagram(document), body, count=1)
+    body = body.replace("<th>", '<th scope="col">')
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>KAP care pathway protocol {escape(document.version)}</title>"
+        f"<style>{_STYLE}</style></head><body><main>{body}</main></body></html>"
+    )
+
+
+@lru_cache(maxsize=8)
+def _page(release: str | None) -> str:
+    # The document depends only on the code and the release: built once per process.
+    return render_protocol(protocol_document(release))
 
 
 @router.get(
@@ -202,8 +150,15 @@ def _page() -> str:
     tags=["operations"],
     summary="The protocol as a printable, clinician-readable document (`kapflow protocol`)",
     response_class=HTMLResponse,
+    responses=_JSON_ERRORS,
 )
-def protocol() -> HTMLResponse:
+def protocol(
+    release: str | None = Query(
+        None, description="a pathway release (e.g. 2026.11.5); default: the current one"
+    ),
+) -> HTMLResponse:
+    if release is not None and release not in RELEASES:
+        raise ApiError(404, "not_found", f"unknown pathway release; known: {', '.join(RELEASES)}")
     return HTMLResponse(
-        _page(), headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache"}
+        _page(release), headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache"}
     )

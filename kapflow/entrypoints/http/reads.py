@@ -67,6 +67,7 @@ def get_client(
     client_id: ClientIdPath,
     _: Annotated[object, Depends(require(Permission.READ_CLIENTS))],
 ) -> Response:
+    record_access(request, "client", client_id)
     client = services(request).store.get_client(client_id)
     if client is None or (client.state == "new" and client.parked == 0):
         raise ApiError(404, "not_found", "no such client", client_id=client_id)
@@ -94,10 +95,11 @@ def readiness(
     at: Annotated[str | None, time_query("when the action would happen")] = None,
 ) -> Response:
     ctx = services(request)
+    moment = parse_time(at, "at") or server_now()
+    record_access(request, "readiness", client_id, f"at={iso(moment)}")
     client = ctx.store.get_client(client_id)
     if client is None or (client.state == "new" and client.parked == 0):
         raise ApiError(404, "not_found", "no such client", client_id=client_id)
-    moment = parse_time(at, "at") or server_now()
     return json_response(dosing_readiness(client, moment, ctx.runtime.policy))
 
 
@@ -127,6 +129,7 @@ def deviations(
 ) -> Response:
     since = parse_time(from_, "from")
     until = parse_time(to, "to")
+    record_access(request, "deviations", client)
     rows = recorded_deviations(
         services(request).store,
         since=iso(since) if since else None,
@@ -158,6 +161,7 @@ def list_clients(
 ) -> Response:
     if state is not None and state not in CLIENT_STATES:
         raise ApiError(422, "invalid_parameter", "`state` is not a pathway state", field="state")
+    record_access(request, "clients", detail=f"state={state}" if state else None)
     clients = services(request).store.clients(state, limit=limit)
     return json_response([c.view() for c in clients if c.state != "new"])
 
@@ -195,6 +199,7 @@ def list_tasks(
     if owner is not None and owner not in OWNERS:
         raise ApiError(422, "invalid_parameter", "`owner` is not a task owner role", field="owner")
     moment = parse_time(now, "now") or server_now()
+    record_access(request, "tasks", client, f"owner={owner}" if owner else None)
     tasks = services(request).store.tasks(
         open_only=open_only or overdue,
         owner=owner,

@@ -16,6 +16,12 @@ where proxies, logs and history keep it.
   key is revoked, expired, removed or no longer allowed to stream is told to end (it ends
   between events, with a comment saying why); one that does not end within `_GRACE`
   seconds (its client reads nothing, so a send is blocked) is cut.
+
+People (OpenID Connect, oidc.py) hold no key in the ring: a person's stream, opened with
+their access token or with a ticket they asked for with it, is counted per person (their
+subject) and ends when their token expires, as a key's does when it is revoked. The
+provider is not asked again while the stream runs: a person removed there keeps their
+stream until the token they opened it with expires (minutes: the provider's token lifetime).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from kapflow.service.access import ApiKey, KeyRing, Permission
+from kapflow.service.access import ApiKey, KeyRing, Permission, is_person
 from kapflow.settings import StreamSettings
 
 # How long a stream told to end may take before it is cut: long enough to finish the
@@ -48,14 +54,23 @@ def ticket_digest(ticket: str) -> str:
     return hashlib.sha256(ticket.encode()).hexdigest()
 
 
+def holder_of(principal: ApiKey) -> str:
+    """Who holds a stream, for the cap and the tickets: a key by its digest, a person (whose
+    principal carries a shared marker, not a digest) by their subject."""
+    return "person:" + principal.name if is_person(principal) else principal.digest
+
+
 @dataclass(slots=True)
 class _Ticket:
-    key_digest: str
+    holder: str
     expires_at: float
+    # A person is in no ring: the ticket keeps their principal (expiring with their token).
+    person: ApiKey | None = None
 
 
 class StreamTickets:
-    """Single-use, short-lived tickets that stand for a key on `GET /v1/stream` only."""
+    """Single-use, short-lived tickets that stand for a key (or a signed-in person) on
+    `GET /v1/stream` only."""
 
     def __init__(self, lifetime: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.lifetime = lifetime
@@ -68,19 +83,24 @@ class StreamTickets:
     def issue(self, key: ApiKey) -> str:
         now = self.clock()
         self._tickets = {d: t for d, t in self._tickets.items() if t.expires_at > now}
-        mine = [d for d, t in self._tickets.items() if t.key_digest == key.digest]
+        holder = holder_of(key)
+        mine = [d for d, t in self._tickets.items() if t.holder == holder]
         for digest in mine[: max(len(mine) - _TICKETS_PER_KEY + 1, 0)]:  # oldest first
             del self._tickets[digest]
         ticket = "kft_" + secrets.token_urlsafe(32)
-        self._tickets[ticket_digest(ticket)] = _Ticket(key.digest, now + self.lifetime)
+        person = key if is_person(key) else None
+        self._tickets[ticket_digest(ticket)] = _Ticket(holder, now + self.lifetime, person)
         return ticket
 
     def redeem(self, ring: KeyRing, ticket: str) -> ApiKey | None:
-        """The key in `ring` a live ticket stands for; the ticket is used up either way."""
+        """The key in `ring` (or the person) a live ticket stands for; the ticket is used up
+        either way. A person's expiry is checked by the caller, as a key's is."""
         found = self._tickets.pop(ticket_digest(ticket), None)
         if found is None or found.expires_at <= self.clock():
             return None
-        return next((key for key in ring.keys if key.digest == found.key_digest), None)
+        if found.person is not None:
+            return found.person
+        return next((key for key in ring.keys if key.digest == found.holder), None)
 
 
 @dataclass(eq=False, slots=True)
@@ -97,15 +117,19 @@ class StreamSlot:
 
 
 class TooManyStreams(Exception):
-    """The key already holds `limit` streams."""
+    """The key (or person) already holds `limit` streams."""
 
     def __init__(self, key: ApiKey, limit: int) -> None:
-        super().__init__(f"key `{key.name}` already holds {limit} open streams (the most)")
+        who = f"`{key.name}`" if is_person(key) else f"key `{key.name}`"
+        super().__init__(f"{who} already holds {limit} open streams (the most)")
         self.limit = limit
 
 
 def refusal_in(in_force: dict[str, ApiKey], key: ApiKey, now: datetime) -> str | None:
-    """Why the keys in force (by digest) no longer honour `key` for streaming, or None."""
+    """Why the keys in force (by digest) no longer honour `key` for streaming, or None; a
+    person's token, which no ring holds, is judged by its expiry alone."""
+    if is_person(key):
+        return "token expired" if key.refusal(now) is not None else None
     current = in_force.get(key.digest)
     if current is None:
         return "API key removed"
@@ -129,12 +153,12 @@ class StreamGate:
     _watch: asyncio.Task[None] | None = None
 
     def open_streams(self, key: ApiKey) -> int:
-        return len(self._open.get(key.digest, ()))
+        return len(self._open.get(holder_of(key), ()))
 
     def admit(self, key: ApiKey, wake: Callable[[], Awaitable[None]]) -> StreamSlot:
         """A slot for one more stream of `key`, or TooManyStreams. `wake()` wakes the
         streams waiting for news (the feed), so a stream told to end does so at once."""
-        held = self._open.setdefault(key.digest, set())
+        held = self._open.setdefault(holder_of(key), set())
         if self.keys() is not None and len(held) >= self.settings.max_per_key:
             raise TooManyStreams(key, self.settings.max_per_key)
         slot = StreamSlot(key)
@@ -147,14 +171,16 @@ class StreamGate:
         if slot.released:
             return
         slot.released = True
-        held = self._open.get(slot.key.digest)
+        holder = holder_of(slot.key)
+        held = self._open.get(holder)
         if held is not None:
             held.discard(slot)
             if not held:
-                del self._open[slot.key.digest]
+                del self._open[holder]
 
     def check(self) -> int:
-        """End the streams whose key the ring in force no longer honours; how many."""
+        """End the streams whose key the ring in force no longer honours, or whose person's
+        token expired; how many."""
         ring = self.keys()
         if ring is None:
             return 0

@@ -1,11 +1,14 @@
 // kapflow screens: what the operations dashboard and the client page share.
-// The API key (kept in this tab's sessionStorage), JSON calls, the sign-in form, small DOM
-// helpers, and the work queue's task actions (claim, complete, cancel, reassign), which are
-// recorded by the server as operations events. Only ids and codes are ever shown.
+// The bearer credential (an API key, or a person's access token from their identity
+// provider; kept in this tab's sessionStorage only), JSON calls, the sign-in form (OpenID
+// Connect authorization code + PKCE when the server offers it, an API key otherwise), small
+// DOM helpers, and the work queue's task actions (claim, complete, cancel, reassign), which
+// are recorded by the server as operations events. Only ids and codes are ever shown.
 "use strict";
 
 window.Kapflow = (() => {
   const KEY_STORAGE = "kapflow.apiKey";
+  const PENDING_STORAGE = "kapflow.oidcPending"; // the PKCE verifier and state, one sign-in
   const OWNERS = ["scheduler", "clinician", "billing", "prescriber_liaison", "client"];
   const PRIORITIES = ["stat", "asap", "urgent", "routine"];
   const CANCEL_REASONS = ["not_applicable", "duplicate_request", "client_declined", "done_elsewhere"];
@@ -63,12 +66,101 @@ window.Kapflow = (() => {
   const hasKey = () => Boolean(apiKey);
   const key = () => apiKey;
 
+  // --- sign in with OpenID Connect (authorization code + PKCE, RFC 7636) ------------------
+  // The browser is a public client: no secret; the PKCE verifier proves the code is ours,
+  // the state that the answer is to our request. The token endpoint is called from here
+  // (the page's CSP allows the provider's origin, and the provider allows ours by CORS).
+  let signInOptions = null;
+
+  async function oidcOptions() {
+    if (signInOptions === null) {
+      const response = await fetch("/dashboard/sign-in.json", { cache: "no-store" });
+      signInOptions = response.ok ? (await response.json()).oidc : null;
+    }
+    return signInOptions;
+  }
+
+  const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+    .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  const randomText = (n) => base64url(crypto.getRandomValues(new Uint8Array(n)));
+  const redirectUri = (options) => location.origin + options.redirect_path;
+
+  async function discover(issuer) {
+    const response = await fetch(issuer.replace(/\/$/, "") + "/.well-known/openid-configuration");
+    if (!response.ok) throw new AuthError("the identity provider cannot be reached");
+    const metadata = await response.json();
+    if (metadata.issuer !== issuer) throw new AuthError("the identity provider names another issuer");
+    return metadata;
+  }
+
+  async function beginSignIn() {
+    const options = await oidcOptions();
+    const provider = await discover(options.issuer);
+    const verifier = randomText(48);
+    const challenge = base64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+    const state = randomText(16);
+    sessionStorage.setItem(PENDING_STORAGE, JSON.stringify({
+      verifier, state, tokenEndpoint: provider.token_endpoint, back: location.pathname,
+    }));
+    const params = new URLSearchParams({
+      response_type: "code", client_id: options.client_id, redirect_uri: redirectUri(options),
+      scope: options.scope, state, code_challenge: challenge, code_challenge_method: "S256",
+    });
+    if (options.resource) params.set("resource", options.resource);
+    location.assign(provider.authorization_endpoint + "?" + params.toString());
+  }
+
+  // Back from the provider (`?code=&state=` or `?error=`): the code for a token, kept as the
+  // bearer. True: signed in and staying; false: nothing to finish. Throws AuthError.
+  async function finishSignIn() {
+    const query = new URLSearchParams(location.search);
+    if (!query.has("code") && !query.has("error")) return false;
+    const pending = JSON.parse(sessionStorage.getItem(PENDING_STORAGE) || "null");
+    sessionStorage.removeItem(PENDING_STORAGE);
+    history.replaceState(null, "", location.pathname); // the code is single use: off the URL
+    const options = await oidcOptions();
+    if (query.has("error")) throw new AuthError("sign-in refused: " + (query.get("error_description") || query.get("error")));
+    if (!options || !pending || pending.state !== query.get("state")) throw new AuthError("sign-in answer not ours: sign in again");
+    if (query.has("iss") && query.get("iss") !== options.issuer) throw new AuthError("sign-in answer from another issuer");
+    const form = new URLSearchParams({
+      grant_type: "authorization_code", code: query.get("code"), redirect_uri: redirectUri(options),
+      client_id: options.client_id, code_verifier: pending.verifier,
+    });
+    if (options.resource) form.set("resource", options.resource);
+    const response = await fetch(pending.tokenEndpoint, { method: "POST", body: form });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok || !body.access_token) throw new AuthError("sign-in failed: " + (body.error_description || body.error || response.status));
+    setKey(body.access_token);
+    if (pending.back && pending.back !== location.pathname) {
+      location.replace(pending.back);
+      return new Promise(() => {}); // leaving
+    }
+    return true;
+  }
+
   // --- sign in ----------------------------------------------------------------------------
+  async function offerProvider() {
+    const options = await oidcOptions().catch(() => null);
+    if (!options || $("login-oidc")) return Boolean(options);
+    const box = html("div", "oidc");
+    box.id = "login-oidc";
+    const button = html("button", "primary", "Sign in with " + options.provider);
+    button.type = "button";
+    button.id = "login-oidc-button";
+    button.addEventListener("click", () => {
+      button.disabled = true;
+      beginSignIn().catch((error) => { button.disabled = false; showLogin(error.message); });
+    });
+    box.append(button, html("p", "muted small or", "or, for services and development, an API key:"));
+    $("login-form").querySelector("p").before(box);
+    return true;
+  }
+
   function showLogin(message) {
     $("login").hidden = false;
     $("login-error").hidden = !message;
     $("login-error").textContent = message || "";
-    $("login-key").focus();
+    offerProvider().then((offered) => (offered ? $("login-oidc-button") : $("login-key")).focus());
   }
 
   function wireLogin(start) {
@@ -132,8 +224,12 @@ window.Kapflow = (() => {
     chip.append(html("span", "prio-mark", marks[priority] || ""), " " + priority);
     return chip;
   }
-  function statusChip(status) {
-    return html("span", "chip status status-" + status, status === "in-progress" ? "in progress" : status);
+  // `claimedBy`: who claimed the task (the operations event's actor), so the queue shows who
+  // is on it; the owner column stays the role.
+  function statusChip(status, claimedBy) {
+    let text = status === "in-progress" ? "in progress" : status;
+    if (status === "in-progress" && claimedBy) text += ` — claimed by ${claimedBy}`;
+    return html("span", "chip status status-" + status, text);
   }
 
   // --- task actions -----------------------------------------------------------------------------
@@ -230,7 +326,7 @@ window.Kapflow = (() => {
       what.append(html("span", "code", task.code), html("span", "desc muted small", task.description || ""));
       cells.push(what);
       if (showClient) cells.push(clientLink(task.for));
-      cells.push(html("span", "owner", task.owner), statusChip(task.status));
+      cells.push(html("span", "owner", task.owner), statusChip(task.status, task.claimed_by));
       if (mayAct) cells.push(taskActions(task, onDone));
       for (const content of cells) {
         const td = html("td");
@@ -269,7 +365,7 @@ window.Kapflow = (() => {
 
   return {
     OWNERS, PRIORITIES, AuthError, ApiFailure, api, post, whoAmI, setKey, hasKey, key,
-    showLogin, wireLogin, html, fmt, label, clock, when, clientLink, isOverdue,
+    showLogin, wireLogin, finishSignIn, html, fmt, label, clock, when, clientLink, isOverdue,
     priorityChip, statusChip, taskTable, replaceKeepingFocus, announce, $,
   };
 })();

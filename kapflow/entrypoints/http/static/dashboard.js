@@ -2,7 +2,7 @@
 // Data: /v1/pathway once, /v1/stats on load and (debounced) after every streamed change,
 // /v1/stream/recent to fill the recent-changes and rejections lists on load, then
 // /v1/stream (Server-Sent Events) from exactly there, opened with a single-use ticket so the
-// API key never goes into a URL; /v1/tasks for the work queue, whose actions (common.js) are
+// API key (or a person's access token) never goes into a URL; /v1/tasks for the work queue, whose actions (common.js) are
 // recorded as operations events.
 // Only ids and codes are shown: client ids, states, event types, reason codes.
 "use strict";
@@ -369,7 +369,8 @@
 
   function handleError(error) {
     if (error instanceof K.AuthError || (error instanceof K.ApiFailure && error.status === 403)) {
-      showLogin(error.message);
+      // Nobody signed in yet: the sign-in form, not the server's "missing API key".
+      showLogin(K.hasKey() ? error.message : "");
     } else {
       setConnection("offline", "offline");
       clearTimeout(retryTimer);
@@ -409,5 +410,6 @@
     if (id) window.location.href = "/dashboard/clients/" + encodeURIComponent(id);
   });
   setInterval(() => { if (source && source.readyState === EventSource.OPEN) scheduleRefresh(); }, 30000);
-  start();
+  // Back from the identity provider: exchange the code first, then start signed in.
+  K.finishSignIn().then(start, (error) => showLogin(error.message));
 })();
