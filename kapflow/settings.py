@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -345,4 +346,33 @@ def load_break_glass_settings() -> BreakGlassSettings:
     except ValidationError as error:
         first = error.errors(include_input=False)[0]
         name = "KAPFLOW_BREAK_GLASS_" + ".".join(str(part) for part in first["loc"]).upper()
+        raise SettingsError(f"invalid setting {name}: {first['msg']}") from error
+
+
+class ClinicSettings(BaseSettings):
+    """The clinic itself, from `KAPFLOW_CLINIC_*`: its time zone (IANA), in which the
+    dashboard shows every time, naming the zone (issue 20: staff read "due 09:00" as
+    the clinic's morning, not the server's)."""
+
+    model_config = SettingsConfigDict(env_prefix="KAPFLOW_CLINIC_", extra="ignore")
+
+    tz: str = "UTC"
+
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"{value!r} is not an IANA time zone") from error
+        return value
+
+
+def load_clinic_settings() -> ClinicSettings:
+    """Clinic settings from the environment; one clear line naming a wrong one."""
+    try:
+        return ClinicSettings()
+    except ValidationError as error:
+        first = error.errors(include_input=False)[0]
+        name = "KAPFLOW_CLINIC_" + ".".join(str(part) for part in first["loc"]).upper()
         raise SettingsError(f"invalid setting {name}: {first['msg']}") from error

@@ -22,6 +22,7 @@ from postgres_fixtures import postgres_url  # noqa: F401 - the fixture
 
 from kapflow.service.audit import verify_access_log
 from kapflow.store import access_log as access_log_module
+from kapflow.store import open_store
 from kapflow.store.access_log import AccessRecord, open_access_log
 from kapflow.store.base import StoreError
 
@@ -44,6 +45,7 @@ CREATE TABLE access_log (
 
 
 def recorded(db: str) -> str:
+    open_store(db).close()  # the store beside it: `kapflow verify` only reads a store
     log = open_access_log(db)
     for read in READS:
         log.record(read)

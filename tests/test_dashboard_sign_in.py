@@ -153,7 +153,7 @@ def test_without_a_client_id_the_dashboard_offers_api_keys_only(tmp_path: Path) 
             env.delenv(f"KAPFLOW_OIDC_{name}", raising=False)
         server, _ = start_service(f"sqlite:///{tmp_path / 'kapflow.db'}")
         try:
-            assert httpx.get(f"{server.url}/dashboard/sign-in.json").json() == {"oidc": None}
+            assert httpx.get(f"{server.url}/dashboard/sign-in.json").json()["oidc"] is None
             policy = httpx.get(f"{server.url}/dashboard").headers["content-security-policy"]
             assert "connect-src 'self';" in policy
         finally:

@@ -148,7 +148,8 @@ def test_check_on_an_unknown_client_is_one_clear_line_and_a_failure(
 
 
 def deviations(db: str, *args: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in kapflow("deviations", *args, db=db).stdout.splitlines()]
+    printed = kapflow("deviations", "--json", *args, db=db).stdout
+    return [json.loads(line) for line in printed.splitlines()]
 
 
 def test_every_deviation_is_listed_with_its_rules_review_and_status(

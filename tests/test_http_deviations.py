@@ -95,7 +95,7 @@ def test_deviations_over_http_are_the_rows_kapflow_deviations_prints(
         later = auditor.get("/v1/deviations", params={"from": "2026-01-05T18:00:00Z"}).json()
         bad = auditor.get("/v1/deviations", params={"to": "yesterday"})
         ready_client = auditor.get("/v1/deviations", params={"client": "c-dev-ready"}).json()
-    printed = kapflow("deviations", db=service.db).stdout.splitlines()
+    printed = kapflow("deviations", "--json", db=service.db).stdout.splitlines()
     assert rows == [json.loads(line) for line in printed]
     # (Other tests of this module may add clients of their own.)
     assert [

@@ -16,10 +16,11 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, get_args
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO, get_args
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -29,6 +30,7 @@ from workflow.client import ClientSnapshot
 
 if TYPE_CHECKING:
     from kapflow.bootstrap import Runtime
+    from kapflow.service.deviations import DeviationRow
 
 
 class CommandError(Exception):
@@ -39,14 +41,50 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake in the arguments is one line on stderr, like every error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Times kapflow can hold and compute with (a week's look-ahead, a parking window) without
+# leaving what datetime can represent.
+_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _time(text: str) -> datetime:
+    """A full RFC 3339 time, or a date: the start of that day in the clinic's time zone
+    (KAPFLOW_CLINIC_TZ), as staff mean "from 1 December" (issue 20)."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if len(text) == 10:
+            moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), _clinic_zone())
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} needs a time zone (e.g. 2026-03-01T12:00:00Z) or no time of day"
+                )
+        moment = moment.astimezone(UTC)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from error
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError("the time needs a timezone (e.g. 2026-03-01T12:00:00Z)")
-    return moment.astimezone(UTC)
+        raise argparse.ArgumentTypeError(
+            f"not a date (2026-12-01) or an RFC 3339 time (2026-12-01T09:00:00Z): {text!r}"
+        ) from error
+    except OverflowError as error:
+        raise argparse.ArgumentTypeError(f"out of range: {text!r}") from error
+    if not _EARLIEST <= moment < _LATEST:
+        raise argparse.ArgumentTypeError(f"out of range (1900 to 9000): {text!r}")
+    return moment
+
+
+def _clinic_zone() -> ZoneInfo:
+    from kapflow.settings import SettingsError, load_clinic_settings
+
+    try:
+        return ZoneInfo(load_clinic_settings().tz)
+    except SettingsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _print_json(value: Any, out: TextIO | None = None) -> None:
@@ -228,16 +266,33 @@ def cmd_deviations(args: argparse.Namespace) -> int:
         client_id=args.client,
     )
     fmt = "jsonl" if args.json else args.format
+    write = _write_deviation_table if fmt == "table" else write_deviations
     if not args.out:
-        write_deviations(rows, sys.stdout, fmt)
+        if not write(rows, sys.stdout, fmt):
+            print("no protocol deviations match", file=sys.stderr)
         return 0
     try:
         with open(args.out, "w", encoding="utf-8", newline="") as out:
-            count = write_deviations(rows, out, fmt)
+            count = write(rows, out, fmt)
     except OSError as error:
         raise CommandError(f"cannot write {args.out}: {error.strerror}") from error
     print(f"wrote {count} deviations to {args.out}", file=sys.stderr)
     return 0
+
+
+def _write_deviation_table(rows: Iterable[DeviationRow], out: TextIO, _fmt: str) -> int:
+    """One line per deviation for the person at the terminal; a header only when any."""
+    count = 0
+    for row in rows:
+        if not count:
+            out.write(f"{'OCCURRED AT':<25} {'CLIENT':<12} {'RULES':<10} {'STATUS':<9} EVENT\n")
+        rules = ",".join(row.rules)
+        out.write(
+            f"{row.occurred_at:<25} {row.client_id:<12} {rules:<10} {row.status:<9}"
+            f" {row.event_type}  review {row.review_task_id or '-'}\n"
+        )
+        count += 1
+    return count
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -276,6 +331,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     view = replay_view(entries, args.client_id, args.as_of, args.known_at)
     if args.json:
         _print_json(view)
+    elif view["events_applied"] == 0:
+        moment = iso(args.known_at) if args.known_at else iso(args.as_of)
+        verb = "was recorded" if args.known_at else "had happened"
+        print(f"{args.client_id}: nothing {verb} by {moment}")
     else:
         _print_client(view)
         print(f"events applied {view['events_applied']}")
@@ -287,14 +346,12 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
     if args.action is not None:
         return _act_on_task(args)
-    if args.overdue and args.now is None:
-        raise CommandError("--overdue needs --now TIME (the engine never reads the clock)")
     store = _store(args)
     _record_read(args, "tasks", args.client, f"owner={args.owner}" if args.owner else None)
     tasks = store.tasks(
         open_only=args.open or args.overdue,
         owner=args.owner,
-        due_before=iso(args.now) if args.overdue else None,
+        due_before=iso(args.now or _now_default()) if args.overdue else None,
         client_id=args.client,
         limit=args.limit,
     )
@@ -357,7 +414,7 @@ def _act_on_task(args: argparse.Namespace) -> int:
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
-    report = _runtime(args).clock().tick(args.now)
+    report = _runtime(args).clock().tick(args.now or _now_default())
     summary = report.as_dict()
     if args.json:
         _print_json(summary)
@@ -410,9 +467,14 @@ def cmd_parked(args: argparse.Namespace) -> int:
 def _duration(text: str) -> timedelta:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        return timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    except (KeyError, ValueError, IndexError) as error:
-        raise argparse.ArgumentTypeError(f"not a duration like 90m, 24h or 7d: {text!r}") from error
+        duration = timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        if not timedelta(0) <= duration <= timedelta(days=36500):
+            raise ValueError("out of range")
+    except (KeyError, ValueError, IndexError, OverflowError) as error:
+        raise argparse.ArgumentTypeError(
+            f"not a duration like 90m, 24h or 7d (up to 100 years): {text!r}"
+        ) from error
+    return duration
 
 
 def _now_default() -> datetime:
@@ -550,13 +612,20 @@ def _store_head(text: str) -> str:
 
 def cmd_access_log(args: argparse.Namespace) -> int:
     from kapflow.service.audit import write_access_log
+    from kapflow.store import require_store
     from kapflow.store.access_log import iter_entries, open_access_log
     from workflow.tasks import iso
 
+    try:
+        require_store(args.db)
+    except StoreError as error:
+        raise CommandError(str(error)) from error
     rows = iter_entries(
         open_access_log(args.db),
         since=iso(args.from_time) if args.from_time else None,
         until=iso(args.to_time) if args.to_time else None,
+        client_id=args.client,
+        who=args.who,
     )
     if not args.out:
         write_access_log(rows, sys.stdout, args.format)
@@ -831,29 +900,83 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 # --- parser -----------------------------------------------------------------------------
 
+_Add = Callable[..., argparse.ArgumentParser]
+
+
+def _example(*lines: str) -> str:
+    """A command's epilog: what a real call looks like (issue 20: every help has one)."""
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kapflow", description="Event-driven care workflow for the KAP programme."
+    parser = _Parser(
+        prog="kapflow",
+        description="Event-driven care workflow for the KAP programme.",
+        epilog=_example(
+            "kapflow ingest events.jsonl", "kapflow client c-000001", "kapflow COMMAND --help"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version="kapflow 0.1.0")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--db",
         default=os.environ.get("KAPFLOW_DB", DEFAULT_DB_URL),
         help="database URL: sqlite:///PATH (default ./kapflow.db) or postgresql://…"
         " (env KAPFLOW_DB)",
     )
-    common.add_argument("--json", action="store_true", help="print data as JSON")
     common.add_argument("-v", "--verbose", action="store_true", help="log each event outcome")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, help="what to do (see below)"
+    )
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> Any:
-        sub = commands.add_parser(name, parents=[common], help=help_, description=help_)
+    def add(
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        help_: str,
+        example: str,
+        json: str | None = None,
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_,
+            description=help_,
+            epilog=example,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(handler=handler)
+        if json is not None:  # only where the output honours it
+            sub.add_argument("--json", action="store_true", help=json)
         return sub
 
-    sub = add("ingest", cmd_ingest, "apply CloudEvents JSON lines in order")
+    for add_commands in (
+        _add_ingest_command,
+        _add_client_commands,
+        _add_task_commands,
+        _add_clock_commands,
+        _add_verify_command,
+        _add_audit_commands,
+        _add_deviations_command,
+        _add_store_commands,
+        _add_document_commands,
+        _add_service_commands,
+        _add_kafka_commands,
+        _add_keys_command,
+    ):
+        add_commands(add)
+    return parser
+
+
+def _add_ingest_command(add: _Add) -> None:
+    sub = add(
+        "ingest",
+        cmd_ingest,
+        "apply CloudEvents JSON lines in order",
+        _example(
+            "kapflow ingest events.jsonl --db sqlite:///clinic.db", "cat x.jsonl | kapflow ingest -"
+        ),
+    )
     sub.add_argument("file", help="a JSON-lines file, or - for standard input")
     sub.add_argument("--batch-size", type=int, default=5000, help="events per transaction")
     sub.add_argument(
@@ -862,21 +985,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="no progress line on standard error (it shows only when that is a terminal)",
     )
 
-    sub = add("client", cmd_client, "show a client's state, pathway and open tasks")
-    sub.add_argument("client_id")
 
-    sub = add("history", cmd_history, "show a client's recorded history")
-    sub.add_argument("client_id")
+def _add_client_commands(add: _Add) -> None:
+    client_id = "the client's id, e.g. c-000001"
+    sub = add(
+        "client",
+        cmd_client,
+        "show a client's state, pathway and open tasks",
+        _example("kapflow client c-000001", "kapflow client c-000001 --json"),
+        json="print the client object (state, pathway, open tasks, reasons) as JSON",
+    )
+    sub.add_argument("client_id", help=client_id)
+    sub = add(
+        "history",
+        cmd_history,
+        "show a client's recorded history",
+        _example("kapflow history c-000001"),
+        json="print the history entries as a JSON array",
+    )
+    sub.add_argument("client_id", help=client_id)
+    sub = add(
+        "replay",
+        cmd_replay,
+        "rebuild a client from its history as of a time",
+        _example(
+            "kapflow replay c-000001 --as-of 2026-12-01",
+            "kapflow replay c-000001 --known-at 2026-12-01T09:00:00Z --json",
+        ),
+        json="print the client object as it stood, as JSON",
+    )
+    sub.add_argument("client_id", help=client_id)
+    sub.add_argument("--as-of", type=_time, help="events that happened up to TIME (or a date)")
+    sub.add_argument("--known-at", type=_time, help="what kapflow had recorded by TIME (or a date)")
+    sub = add(
+        "check",
+        cmd_check,
+        "readiness: would a dosing at TIME be within the protocol?",
+        _example(
+            "kapflow check c-000001 --dose",
+            "kapflow check c-000001 --dose --at 2026-12-02T09:00:00Z",
+        ),
+        json="print each check (R5–R9, holds, in care) as JSON",
+    )
+    sub.add_argument("client_id", help=client_id)
+    sub.add_argument(
+        "--dose",
+        dest="action",
+        action="store_const",
+        const="dose",
+        required=True,
+        help="check a dosing session (R5–R9, holds, in care)",
+    )
+    sub.add_argument("--at", type=_time, help="when the dosing would start (default: now)")
 
-    sub = add("replay", cmd_replay, "rebuild a client from its history as of a time")
-    sub.add_argument("client_id")
-    sub.add_argument("--as-of", type=_time, help="events that happened up to TIME")
-    sub.add_argument("--known-at", type=_time, help="what kapflow had recorded by TIME")
 
+def _add_task_commands(add: _Add) -> None:
     sub = add(
         "tasks",
         cmd_tasks,
         "list follow-up tasks, or act on one: complete | claim | cancel | reassign TASK_ID",
+        _example(
+            "kapflow tasks --overdue --owner billing",
+            "kapflow tasks complete 0193a1b2-… --by-role billing",
+        ),
+        json="print the tasks (or the action's outcome) as JSON",
     )
     sub.add_argument(
         "action",
@@ -897,13 +1069,57 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--now",
         type=_time,
-        help="the time to judge overdue against; for an action, when it happened (default: now)",
+        help="the time to judge overdue against; for an action, when it happened (default: now;"
+        " give it for a reproducible run)",
     )
-    sub.add_argument("--owner", choices=owner_roles)
+    sub.add_argument("--owner", choices=owner_roles, help="only tasks this role owns")
     sub.add_argument("--client", help="only this client's tasks")
-    sub.add_argument("--limit", type=int, default=10000)
+    sub.add_argument("--limit", type=int, default=10000, help="list at most N (default 10000)")
 
-    sub = add("verify", cmd_verify, "replay every history; check outcomes and hash chains")
+
+def _add_clock_commands(add: _Add) -> None:
+    sub = add(
+        "tick",
+        cmd_tick,
+        "record the deadlines due by TIME; expire stale parked events",
+        _example("kapflow tick", "kapflow tick --now 2026-12-01T09:00:00Z --json"),
+        json="print what the tick recorded as JSON",
+    )
+    sub.add_argument("--now", type=_time, help="the time to advance the clock to (default: now)")
+    sub = add(
+        "deadlines",
+        cmd_deadlines,
+        "list overdue and upcoming deadlines and timers",
+        _example("kapflow deadlines --within 24h"),
+        json="print the deadlines as a JSON array",
+    )
+    sub.add_argument("--now", type=_time, default=None, help="reference time (default: now)")
+    sub.add_argument(
+        "--within",
+        type=_duration,
+        default=timedelta(days=7),
+        help="how far ahead to look (e.g. 24h, 7d; default 7d)",
+    )
+    sub = add(
+        "parked",
+        cmd_parked,
+        "list events parked as premature, with why",
+        _example("kapflow parked --client c-000001"),
+        json="print the parked events as a JSON array",
+    )
+    sub.add_argument("--client", help="only this client's parked events")
+
+
+def _add_verify_command(add: _Add) -> None:
+    sub = add(
+        "verify",
+        cmd_verify,
+        "replay every history; check outcomes and hash chains",
+        _example(
+            "kapflow verify", "kapflow verify --store-head 12.3:ab12… --access-log-head 40:cd34…"
+        ),
+        json="print the report, the access log's and the store's heads as JSON",
+    )
     sub.add_argument(
         "--access-log-head",
         type=_access_log_head,
@@ -927,45 +1143,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes that share the clients (default: one per CPU; 1 verifies in this"
         " process alone)",
     )
-    add("migrate", cmd_migrate, "upgrade the store's schema in place (opening it does too)")
+
+
+def _add_audit_commands(add: _Add) -> None:
     sub = add(
-        "rotate-key",
-        cmd_rotate_key,
-        "re-encrypt every stored value with a new key (resumable; the current key is"
-        " read from KAPFLOW_ENCRYPTION_KEY[_FILE])",
+        "access-log",
+        cmd_access_log,
+        "who read which client's records, and when",
+        _example("kapflow access-log --client c-000001 --from 2026-12-01 --format csv --out r.csv"),
     )
-    sub.add_argument("--new-key-file", required=True, help="file holding the new base64 key")
-    sub = add("prune", cmd_prune, "delete outbox rows published longer ago than the retention")
     sub.add_argument(
-        "--older-than", type=_duration, help="retention (default 7d: OUTBOX_RETENTION)"
+        "--from", dest="from_time", type=_time, help="reads at or after TIME (or a date)"
     )
-
-    sub = add("backup", cmd_backup, "a consistent copy of a SQLite store, also while serving")
-    sub.add_argument("--out", required=True, help="the backup file to create (never overwritten)")
-
-    sub = add("access-log", cmd_access_log, "who read which client's records, and when")
-    sub.add_argument("--from", dest="from_time", type=_time, help="reads at or after TIME")
-    sub.add_argument("--to", dest="to_time", type=_time, help="reads at or before TIME")
-    sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    sub.add_argument("--to", dest="to_time", type=_time, help="reads at or before TIME (or a date)")
+    sub.add_argument("--client", help="only reads of this client's records")
+    sub.add_argument("--who", metavar="NAME", help="only reads by this person or key name")
+    sub.add_argument(
+        "--format", choices=["jsonl", "csv"], default="jsonl", help="JSON lines or CSV"
+    )
     sub.add_argument("--out", help="file to write (default: standard output)")
-
-    sub = add("tick", cmd_tick, "record the deadlines due by TIME; expire stale parked events")
-    sub.add_argument("--now", type=_time, required=True, help="the time to advance the clock to")
-
-    sub = add("deadlines", cmd_deadlines, "list overdue and upcoming deadlines and timers")
-    sub.add_argument("--now", type=_time, default=None, help="reference time (default: now)")
-    sub.add_argument(
-        "--within",
-        type=_duration,
-        default=timedelta(days=7),
-        help="how far ahead to look (e.g. 24h, 7d; default 7d)",
+    sub = add(
+        "export",
+        cmd_export,
+        "export histories for auditors",
+        _example("kapflow export --format csv --include-rejections --out audit.csv"),
     )
-
-    sub = add("parked", cmd_parked, "list events parked as premature, with why")
-    sub.add_argument("--client", help="only this client's parked events")
-
-    sub = add("export", cmd_export, "export histories for auditors")
-    sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    sub.add_argument(
+        "--format", choices=["jsonl", "csv"], default="jsonl", help="JSON lines or CSV"
+    )
     sub.add_argument("--out", help="file to write (default: standard output)")
     sub.add_argument("--client", help="only this client's history")
     sub.add_argument(
@@ -974,32 +1179,95 @@ def build_parser() -> argparse.ArgumentParser:
         help="append the rejected log (records of kind `rejection`): every decision",
     )
 
-    sub = add("check", cmd_check, "readiness: would a dosing at TIME be within the protocol?")
-    sub.add_argument("client_id")
-    sub.add_argument(
-        "--dose",
-        dest="action",
-        action="store_const",
-        const="dose",
-        required=True,
-        help="check a dosing session (R5–R9, holds, in care)",
-    )
-    sub.add_argument("--at", type=_time, help="when the dosing would start (default: now)")
 
-    sub = add("deviations", cmd_deviations, "every protocol deviation recorded, with its review")
+def _add_deviations_command(add: _Add) -> None:
+    sub = add(
+        "deviations",
+        cmd_deviations,
+        "every protocol deviation recorded, with its review",
+        _example("kapflow deviations --open", "kapflow deviations --from 2026-12-01 --format csv"),
+        json="JSON lines, one deviation each (as --format jsonl)",
+    )
     sub.add_argument("--from", dest="from_time", type=_time, help="that happened at or after TIME")
     sub.add_argument("--to", dest="to_time", type=_time, help="that happened at or before TIME")
     sub.add_argument("--open", action="store_true", help="only deviations still to review")
     sub.add_argument("--client", help="only this client's deviations")
-    sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    sub.add_argument(
+        "--format",
+        choices=["table", "jsonl", "csv"],
+        default="table",
+        help="a table for reading (default), JSON lines (as --json) or CSV",
+    )
     sub.add_argument("--out", help="file to write (default: standard output)")
 
-    sub = add("diagram", cmd_diagram, "print the pathway diagram")
-    sub.add_argument("--format", choices=["mermaid", "svg"], default="mermaid")
-    sub.add_argument("--out", help="file to write")
 
+def _add_store_commands(add: _Add) -> None:
+    add(
+        "migrate",
+        cmd_migrate,
+        "upgrade the store's schema in place (opening it does too)",
+        _example("kapflow migrate --db postgresql://kapflow@db.internal/kapflow"),
+    )
     sub = add(
-        "protocol", cmd_protocol, "print the protocol as a clinician-readable document (Markdown)"
+        "rotate-key",
+        cmd_rotate_key,
+        "re-encrypt every stored value with a new key (resumable; the current key is"
+        " read from KAPFLOW_ENCRYPTION_KEY[_FILE])",
+        _example(
+            "kapflow rotate-key --new-key-file new.key  # current key: KAPFLOW_ENCRYPTION_KEY_FILE"
+        ),
+    )
+    sub.add_argument("--new-key-file", required=True, help="file holding the new base64 key")
+    sub = add(
+        "prune",
+        cmd_prune,
+        "delete outbox rows published longer ago than the retention",
+        _example("kapflow prune --older-than 30d"),
+    )
+    sub.add_argument(
+        "--older-than", type=_duration, help="retention (default 7d: OUTBOX_RETENTION)"
+    )
+    sub = add(
+        "backup",
+        cmd_backup,
+        "a consistent copy of a SQLite store, also while serving",
+        _example("kapflow backup --out /backups/kapflow-2026-12-01.db"),
+        json="print what was copied as JSON",
+    )
+    sub.add_argument("--out", required=True, help="the backup file to create (never overwritten)")
+    sub = add(
+        "demo",
+        cmd_demo,
+        "run a synthetic cohort through the whole pathway",
+        _example("kapflow demo --clients 300 --db sqlite:///demo.db"),
+        json="print the cohort's summary as JSON",
+    )
+    sub.add_argument("--clients", type=int, default=300, help="how many clients (default 300)")
+    sub.add_argument("--seed", type=int, default=7, help="the same seed, the same cohort")
+    sub.add_argument(
+        "--now",
+        type=_time,
+        default=None,
+        help="when the cohort's journeys end (default: now, so `serve`'s clock fits the data)",
+    )
+
+
+def _add_document_commands(add: _Add) -> None:
+    sub = add(
+        "diagram",
+        cmd_diagram,
+        "print the pathway diagram",
+        _example("kapflow diagram --format svg --out pathway.svg"),
+    )
+    sub.add_argument(
+        "--format", choices=["mermaid", "svg"], default="mermaid", help="Mermaid text or SVG"
+    )
+    sub.add_argument("--out", help="file to write")
+    sub = add(
+        "protocol",
+        cmd_protocol,
+        "print the protocol as a clinician-readable document (Markdown)",
+        _example("kapflow protocol --out protocol.md", "kapflow protocol --release 2026.11.5"),
     )
     sub.add_argument("--out", help="file to write (default: standard output)")
     sub.add_argument(
@@ -1008,26 +1276,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="the protocol of an earlier pathway release, e.g. 2026.11.5 (default: current);"
         " the document lists every release and what it changed",
     )
-
-    sub = add("schema", cmd_schema, "export one JSON Schema per event type")
+    sub = add(
+        "schema",
+        cmd_schema,
+        "export one JSON Schema per event type",
+        _example("kapflow schema --out schemas/"),
+    )
     sub.add_argument("--out", required=True, help="directory to write the schemas into")
-
-    sub = add("asyncapi", cmd_asyncapi, "print the AsyncAPI 3 document of the Kafka topics")
+    sub = add(
+        "asyncapi",
+        cmd_asyncapi,
+        "print the AsyncAPI 3 document of the Kafka topics",
+        _example("kapflow asyncapi --out asyncapi.yaml"),
+    )
     sub.add_argument("--out", help="file to write (default: standard output)")
 
-    sub = add("demo", cmd_demo, "run a synthetic cohort through the whole pathway")
-    sub.add_argument("--clients", type=int, default=300)
-    sub.add_argument("--seed", type=int, default=7)
-    sub.add_argument(
-        "--now",
-        type=_time,
-        default=None,
-        help="when the cohort's journeys end (default: now, so `serve`'s clock fits the data)",
-    )
 
-    sub = add("serve", cmd_serve, "HTTP service and operations dashboard")
-    sub.add_argument("--host", default="127.0.0.1")
-    sub.add_argument("--port", type=int, default=8000)
+def _add_service_commands(add: _Add) -> None:
+    sub = add(
+        "serve",
+        cmd_serve,
+        "HTTP service and operations dashboard",
+        _example("kapflow serve --keys-file keys.toml --port 8000", "kapflow serve --insecure-dev"),
+    )
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     sub.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS: PEM certificate (chain)")
     sub.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     sub.add_argument("--insecure-dev", action="store_true", help="no API keys (development only)")
@@ -1065,15 +1338,73 @@ def build_parser() -> argparse.ArgumentParser:
         "--keepalive", type=float, default=15.0, help="seconds between stream keep-alive comments"
     )
 
-    sub = add("keys", cmd_keys, "manage API keys for `kapflow serve`")
-    keys = sub.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    create = keys.add_parser(
-        "create", help="create a key: prints the secret once and the line for the keys file"
+
+def _add_kafka_commands(add: _Add) -> None:
+    for name, handler, help_ in (
+        ("worker", cmd_worker, "Kafka stream worker"),
+        ("relay", cmd_relay, "publish the outbox to Kafka in its own process"),
+    ):
+        sub = add(name, handler, help_, _example(f"kapflow {name} --kafka localhost:9092"))
+        sub.add_argument(
+            "--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT (env KAPFLOW_KAFKA)"
+        )
+        sub.add_argument("--config", help="TOML settings file (environment KAPFLOW_* wins)")
+    sub = add(
+        "broker",
+        cmd_broker,
+        "local Kafka-compatible broker for development",
+        _example("kapflow broker --port 9092"),
     )
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
+
+
+def _add_keys_command(add: _Add) -> None:
+    keys_file = "the keys file `serve` reads"
+    sub = add(
+        "keys",
+        cmd_keys,
+        "manage API keys for `kapflow serve`",
+        _example("kapflow keys create --role auditor --name audit-team --keys-file keys.toml"),
+    )
+    keys = sub.add_subparsers(
+        dest="keys_command", metavar="ACTION", required=True, help="create, revoke or list"
+    )
+    raw = argparse.RawDescriptionHelpFormatter
+    create = keys.add_parser(
+        "create",
+        help="create a key: prints the secret once and the line for the keys file",
+        epilog=_example(
+            "kapflow keys create --role publisher --name qmts --source urn:qmts:scheduling"
+        ),
+        formatter_class=raw,
+    )
+    _key_create_arguments(create)
+    revoke = keys.add_parser(
+        "revoke",
+        help="revoke a key in a keys file: refused at once",
+        epilog=_example("kapflow keys revoke --name qmts --keys-file keys.toml"),
+        formatter_class=raw,
+    )
+    revoke.add_argument("--name", required=True, help="the key's name")
+    revoke.add_argument("--keys-file", required=True, help=keys_file)
+    listing = keys.add_parser(
+        "list",
+        help="keys in a keys file: status, expiry, last use",
+        epilog=_example("kapflow keys list --keys-file keys.toml --json"),
+        formatter_class=raw,
+    )
+    listing.add_argument("--keys-file", required=True, help=keys_file)
+    listing.add_argument("--db", default=argparse.SUPPRESS, help="where last use is recorded")
+    listing.add_argument("--json", action="store_true", help="print the keys as JSON")
+
+
+def _key_create_arguments(create: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--role",
         required=True,
         choices=["publisher", "dashboard", "operations", "auditor", "admin"],
+        help="what the key may do",
     )
     create.add_argument("--name", required=True, help="who holds it (recorded in the access log)")
     create.add_argument(
@@ -1094,26 +1425,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--expires", type=_duration, help="refused after this long, e.g. 90d, 12h (default: never)"
     )
     create.add_argument("--keys-file", help="add the entry to this keys file (JSON or .toml)")
-    revoke = keys.add_parser("revoke", help="revoke a key in a keys file: refused at once")
-    revoke.add_argument("--name", required=True, help="the key's name")
-    revoke.add_argument("--keys-file", required=True, help="the keys file `serve` reads")
-    listing = keys.add_parser("list", help="keys in a keys file: status, expiry, last use")
-    listing.add_argument("--keys-file", required=True, help="the keys file `serve` reads")
-    listing.add_argument("--db", default=argparse.SUPPRESS, help="where last use is recorded")
-    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-
-    sub = add("worker", cmd_worker, "Kafka stream worker")
-    sub.add_argument("--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT")
-    sub.add_argument("--config", help="TOML settings file (environment KAPFLOW_* wins)")
-
-    sub = add("relay", cmd_relay, "publish the outbox to Kafka in its own process")
-    sub.add_argument("--kafka", default=os.environ.get("KAPFLOW_KAFKA"), help="HOST:PORT")
-    sub.add_argument("--config", help="TOML settings file (environment KAPFLOW_* wins)")
-
-    sub = add("broker", cmd_broker, "local Kafka-compatible broker for development")
-    sub.add_argument("--host", default="127.0.0.1")
-    sub.add_argument("--port", type=int, default=9092)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kapflow.store.base import EventStore, StoreError
 from kapflow.store.codec import StorageCipher, StoreAccess, cipher_from_environment
-from kapflow.store.database import DEFAULT_DB_URL, database_kind
+from kapflow.store.database import DEFAULT_DB_URL, database_kind, sqlite_path
 from workflow.policy import DEFAULT_POLICY, CarePolicy
 
 
@@ -40,4 +40,19 @@ def open_store(
     return PostgresStore(url, policy=policy, cipher=cipher, access=access)
 
 
-__all__ = ["DEFAULT_DB_URL", "EventStore", "StoreError", "open_store"]
+def require_store(url: str) -> None:
+    """Refuse a database kapflow never wrote (`no kapflow store at …`), for a read that
+    does not open the event store itself (`kapflow access-log`): a read creates nothing."""
+    if database_kind(url) == "sqlite":
+        from kapflow.store.sqlite import holds_a_store
+
+        path = sqlite_path(url)
+        if path != ":memory:" and not holds_a_store(path):
+            raise StoreError(f"no kapflow store at {url}")
+        return
+    from kapflow.store.postgres import require_store as require_postgres_store
+
+    require_postgres_store(url)
+
+
+__all__ = ["DEFAULT_DB_URL", "EventStore", "StoreError", "open_store", "require_store"]

@@ -160,11 +160,19 @@ class AccessLog(Protocol):
 
 
 def iter_entries(
-    access_log: AccessLog, *, since: str | None = None, until: str | None = None, page: int = 1000
+    access_log: AccessLog,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    client_id: str | None = None,
+    who: str | None = None,
+    page: int = 1000,
 ) -> Iterator[AccessRecord]:
-    """Every row in position order (optionally with `since <= at <= until`), page by page."""
+    """Every row in position order (optionally with `since <= at <= until`, of one client,
+    by one reader), page by page."""
     after = 0
-    while rows := access_log.entries(limit=page, after=after, since=since, until=until):
+    filters = {"since": since, "until": until, "client_id": client_id, "who": who}
+    while rows := access_log.entries(limit=page, after=after, **filters):
         yield from rows
         after = rows[-1].position or after + len(rows)
 

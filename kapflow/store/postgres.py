@@ -248,6 +248,18 @@ def conninfo_from_url(url: str) -> str:
     return make_conninfo(url, **extra)
 
 
+def require_store(url: str) -> None:
+    """Refuse a database without kapflow's schema; looking creates nothing."""
+    conninfo = conninfo_from_url(url)
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            found = PostgresStore._schema_version(conn)
+    except psycopg.Error:
+        return  # not ours to judge here: opening it reports the real problem
+    if found is None:
+        raise StoreError(f"no kapflow store at {_describe(conninfo)}")
+
+
 def _describe(conninfo: str) -> str:
     """Where the database is, for error messages: never the password."""
     params = {key: str(value) for key, value in conninfo_to_dict(conninfo).items()}
@@ -494,9 +506,13 @@ class PostgresStore(SqlReads):
                 # The usual case, a store that exists, costs one query and no DDL: even
                 # CREATE INDEX IF NOT EXISTS takes a table lock that would make every
                 # `kapflow client` call queue behind, and hold up, the writing workers.
-                if self._schema_version(conn) == SCHEMA_VERSION:
+                found = self._schema_version(conn)
+                if found == SCHEMA_VERSION:
                     self._check_key(conn)
                     return
+                if found is None and self._access == "read":
+                    # A reader never creates kapflow's tables in someone else's database.
+                    raise StoreError(f"no kapflow store at {self._where}")
                 with conn.transaction():
                     # Two processes opening a fresh database at once must not race on DDL.
                     conn.execute(

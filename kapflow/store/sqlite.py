@@ -324,6 +324,9 @@ class SQLiteStore(SqlReads):
         self.codec = StorageCodec(cipher)
         self.migrated_from: str | None = None
         path = sqlite_path(url)
+        if access == "read" and path != ":memory:" and not holds_a_store(path):
+            # A reader never creates a store: a typo in --db is an error, not a new file.
+            raise StoreError(f"no kapflow store at {url}")
         if path != ":memory:":
             parent = Path(path).expanduser().resolve().parent
             if not parent.is_dir():
@@ -647,6 +650,22 @@ def _add_receipt_digest(conn: sqlite3.Connection) -> None:
 def _key_check(conn: sqlite3.Connection) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (KEY_CHECK_META,)).fetchone()
     return str(row[0]) if row else None
+
+
+def holds_a_store(path: str) -> bool:
+    """Whether the file at `path` exists and holds kapflow's schema, looked at read-only so
+    that neither a missing nor an empty file is changed by the look."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return False
+    try:
+        probe = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return _schema_version(probe) is not None
+        finally:
+            probe.close()
+    except sqlite3.Error:
+        return True  # not ours to judge here: opening it reports the real problem
 
 
 def _schema_version(conn: sqlite3.Connection) -> str | None:

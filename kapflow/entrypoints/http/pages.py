@@ -27,7 +27,12 @@ from kapflow.entrypoints.http.errors import errors_for
 from kapflow.entrypoints.http.oidc import dashboard_sign_in, provider_origin
 from kapflow.entrypoints.http.schemas import HealthOut, ReadyOut
 from kapflow.service.access import Permission
-from kapflow.settings import OidcSettings, SettingsError, load_oidc_settings
+from kapflow.settings import (
+    OidcSettings,
+    SettingsError,
+    load_clinic_settings,
+    load_oidc_settings,
+)
 
 router = APIRouter()
 log = logging.getLogger("kapflow.http.pages")
@@ -163,8 +168,25 @@ async def client_page(request: Request, client_id: str) -> Response:
 
 @router.get("/dashboard/sign-in.json", include_in_schema=False)
 async def sign_in_options(request: Request) -> JSONResponse:
-    # Public, as a provider's discovery document is: an issuer, a public client id, a path.
-    return JSONResponse({"oidc": _sign_in(request)}, headers={"Cache-Control": "no-cache"})
+    # Public, as a provider's discovery document is: an issuer, a public client id, a path;
+    # and the clinic's time zone, in which the pages show every time.
+    return JSONResponse(
+        {"oidc": _sign_in(request), "clinic_time_zone": _clinic_time_zone(request)},
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+def _clinic_time_zone(request: Request) -> str:
+    """KAPFLOW_CLINIC_TZ, read once per app; UTC when misconfigured (logged)."""
+    state = request.app.state
+    if not hasattr(state, "clinic_time_zone"):
+        try:
+            state.clinic_time_zone = load_clinic_settings().tz
+        except SettingsError as error:
+            log.error("clinic time zone: %s; showing UTC", error)
+            state.clinic_time_zone = "UTC"
+    zone: str = state.clinic_time_zone
+    return zone
 
 
 @router.get("/dashboard/{name}", include_in_schema=False)

@@ -258,7 +258,8 @@
 
   function start() {
     $("login").hidden = true;
-    load().catch(handleError);
+    // The clinic's time zone first: every time on the page is shown in it.
+    K.loadPageOptions().catch(() => null).then(load).catch(handleError);
   }
 
   K.wireLogin(start);

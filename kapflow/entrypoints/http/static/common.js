@@ -70,14 +70,20 @@ window.Kapflow = (() => {
   // The browser is a public client: no secret; the PKCE verifier proves the code is ours,
   // the state that the answer is to our request. The token endpoint is called from here
   // (the page's CSP allows the provider's origin, and the provider allows ours by CORS).
-  let signInOptions = null;
+  // The same public document names the clinic's time zone (KAPFLOW_CLINIC_TZ).
+  let pageOptions = null;
+
+  async function loadPageOptions() {
+    if (pageOptions === null) {
+      const response = await fetch("/dashboard/sign-in.json", { cache: "no-store" });
+      pageOptions = response.ok ? await response.json() : {};
+      if (pageOptions.clinic_time_zone) setZone(pageOptions.clinic_time_zone);
+    }
+    return pageOptions;
+  }
 
   async function oidcOptions() {
-    if (signInOptions === null) {
-      const response = await fetch("/dashboard/sign-in.json", { cache: "no-store" });
-      signInOptions = response.ok ? (await response.json()).oidc : null;
-    }
-    return signInOptions;
+    return (await loadPageOptions()).oidc || null;
   }
 
   const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
@@ -190,16 +196,41 @@ window.Kapflow = (() => {
   }
   const fmt = (n) => (n === undefined || n === null ? "—" : Number(n).toLocaleString("en-US"));
   const label = (state) => (state || "—").replace(/_/g, " ");
+  // Every time on the screens is the clinic's, with its zone named ("09:00 CET"): staff
+  // read a due time as the clinic's morning, whatever the browser's own zone is.
+  let zone = "UTC";
+  let dayFormat = null, clockFormat = null, whenFormat = null;
+  function setZone(name) {
+    const common = { timeZone: name, hourCycle: "h23" };
+    try {
+      dayFormat = new Intl.DateTimeFormat("en-CA", { timeZone: name, year: "numeric", month: "2-digit", day: "2-digit" });
+      clockFormat = new Intl.DateTimeFormat("en-GB", { ...common, hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" });
+      whenFormat = new Intl.DateTimeFormat("en-CA", { ...common, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
+      zone = name;
+    } catch {
+      if (name !== "UTC") setZone("UTC");
+    }
+  }
+  setZone("UTC");
+  const parts = (format, d) => Object.fromEntries(format.formatToParts(d).map((p) => [p.type, p.value]));
   function clock(iso) {
     const d = new Date(iso);
     if (isNaN(d)) return "—";
-    return d.toLocaleTimeString("en-GB", { hour12: false });
+    const p = parts(clockFormat, d);
+    return `${p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
   }
   function when(iso) {
     const d = new Date(iso);
     if (isNaN(d)) return "—";
-    return d.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+    const p = parts(whenFormat, d);
+    return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute} ${p.timeZoneName}`;
   }
+  // The calendar day (YYYY-MM-DD) in the clinic's zone: "due today" is the clinic's today.
+  function clinicDay(iso) {
+    const d = new Date(iso);
+    return isNaN(d) ? "" : dayFormat.format(d);
+  }
+  const clinicZone = () => zone;
   function clientLink(clientId) {
     const a = html("a", "client", clientId);
     a.href = "/dashboard/clients/" + encodeURIComponent(clientId);
@@ -328,11 +359,12 @@ window.Kapflow = (() => {
       if (showClient) cells.push(clientLink(task.for));
       cells.push(html("span", "owner", task.owner), statusChip(task.status, task.claimed_by));
       if (mayAct) cells.push(taskActions(task, onDone));
-      for (const content of cells) {
+      cells.forEach((content, i) => {
         const td = html("td");
+        td.dataset.label = columns[i]; // the column's name, shown when rows stack (narrow screens)
         td.append(content);
         row.append(td);
-      }
+      });
       body.append(row);
     }
     table.append(body);
@@ -365,7 +397,8 @@ window.Kapflow = (() => {
 
   return {
     OWNERS, PRIORITIES, AuthError, ApiFailure, api, post, whoAmI, setKey, hasKey, key,
-    showLogin, wireLogin, finishSignIn, html, fmt, label, clock, when, clientLink, isOverdue,
-    priorityChip, statusChip, taskTable, replaceKeepingFocus, announce, $,
+    showLogin, wireLogin, finishSignIn, loadPageOptions, html, fmt, label, clock, when, clinicDay,
+    clinicZone, clientLink, isOverdue,
+    dueCell, priorityChip, statusChip, taskTable, replaceKeepingFocus, announce, $,
   };
 })();

@@ -3,7 +3,8 @@
 // /v1/stream/recent to fill the recent-changes and rejections lists on load, then
 // /v1/stream (Server-Sent Events) from exactly there, opened with a single-use ticket so the
 // API key (or a person's access token) never goes into a URL; /v1/tasks for the work queue, whose actions (common.js) are
-// recorded as operations events.
+// recorded as operations events, and for the client's own reminders (messages to send);
+// /v1/clients?state= when a state or funnel stage is chosen. Times are the clinic's.
 // Only ids and codes are shown: client ids, states, event types, reason codes.
 "use strict";
 
@@ -95,7 +96,17 @@
   }
 
   function drawNode(root, state, x, y, w, h, isMain) {
-    const g = svg("g", { class: "node " + state + (isMain ? " main" : ""), "data-state": state }, root);
+    const g = svg("g", {
+      class: "node " + state + (isMain ? " main" : ""), "data-state": state,
+      role: "button", tabindex: "0", // named by what it shows ("inquiry 12"); the group says what it does
+    }, root);
+    g.addEventListener("click", () => listClients(state));
+    g.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        listClients(state);
+      }
+    });
     svg("rect", { x, y, width: w, height: h, rx: 9 }, g);
     const l = svg("text", { x: x + 12, y: y + 20, class: "label" }, g);
     l.textContent = label(state);
@@ -144,7 +155,11 @@
       for (const stage of funnel) {
         const row = html("div", "funnel-row");
         row.dataset.stage = stage.stage;
-        row.append(html("div", "funnel-stage", label(stage.stage)));
+        const name = html("button", "funnel-stage", label(stage.stage));
+        name.type = "button";
+        name.setAttribute("aria-label", `${label(stage.stage)}: list the clients there now`);
+        name.addEventListener("click", () => listClients(stage.stage));
+        row.append(name);
         const track = html("div", "funnel-track");
         track.append(html("div", "funnel-fill"));
         row.append(track);
@@ -270,21 +285,56 @@
     resumeAfter = recent.position;
   }
 
-  // --- the work queue ------------------------------------------------------------------------
-  function queueQuery() {
-    const params = new URLSearchParams({ open: "true", limit: "5000" });
-    if ($("filter-owner").value) params.set("owner", $("filter-owner").value);
-    if ($("filter-overdue").checked) params.set("overdue", "true");
-    return "/v1/tasks?" + params.toString();
+  // --- the clients in one state (a pathway node or funnel stage, chosen) ---------------------
+  async function listClients(state) {
+    const panel = $("state-clients");
+    panel.hidden = false;
+    panel.dataset.state = state;
+    $("state-clients-title").textContent = `Clients in ${label(state)} now`;
+    $("state-clients-count").textContent = "loading…";
+    try {
+      const clients = await api("/v1/clients?" + new URLSearchParams({ state, limit: "500" }));
+      if (panel.dataset.state !== state) return; // another state was chosen meanwhile
+      const items = clients.map((c) => {
+        const li = html("li");
+        li.append(K.clientLink(c.client_id), " ", html("span", "chip s-" + c.state, label(c.state)));
+        return li;
+      });
+      $("state-clients-list").replaceChildren(...items);
+      $("state-clients-count").textContent = `${fmt(clients.length)} clients`;
+      $("state-clients-empty").hidden = clients.length > 0;
+    } catch (error) {
+      $("state-clients-count").textContent = "could not load the clients";
+      handleError(error);
+    }
+    panel.scrollIntoView({ block: "nearest" });
+    $("state-clients-title").focus();
   }
 
+  // --- the work queue ------------------------------------------------------------------------
+  // The views: what a person asks of the queue first (issue 20). "Mine" is what the signed-in
+  // person (or key) claimed; "due today" is the clinic's today, in its time zone.
+  const VIEWS = {
+    all: () => true,
+    mine: (t, me) => t.claimed_by === me.name,
+    unclaimed: (t) => t.status === "requested",
+    today: (t, me, now) => K.clinicDay(t.due) === K.clinicDay(now),
+    overdue: (t, me, now) => K.isOverdue(t, now),
+  };
+  const currentView = () => (document.querySelector('#queue-views input[name="view"]:checked') || {}).value || "all";
+
   async function loadQueue() {
-    const [me, tasks] = await Promise.all([K.whoAmI(), api(queueQuery())]);
+    const [me, tasks] = await Promise.all([K.whoAmI(), api("/v1/tasks?open=true&limit=5000")]);
+    const owner = $("filter-owner").value;
     const priority = $("filter-priority").value;
+    const view = VIEWS[currentView()] || VIEWS.all;
     const now = new Date().toISOString().slice(0, 19) + "Z";
     const rank = (t) => K.PRIORITIES.indexOf(t.priority);
-    const shown = tasks
-      .filter((t) => !priority || t.priority === priority)
+    // The client's own reminders are messages to send, never staff tasks to claim.
+    const staff = tasks.filter((t) => t.owner !== "client");
+    const shown = staff
+      .filter((t) => (!owner || t.owner === owner) && (!priority || t.priority === priority))
+      .filter((t) => view(t, me, now))
       .sort((a, b) => rank(a) - rank(b) || a.due.localeCompare(b.due));
     const overdue = shown.filter((t) => K.isOverdue(t, now)).length;
     $("queue-count").textContent = `${fmt(shown.length)} open · ${fmt(overdue)} overdue` +
@@ -297,6 +347,40 @@
     });
     K.replaceKeepingFocus($("queue"), table);
     $("queue-empty").hidden = shown.length > 0;
+    renderMessages(tasks.filter((t) => t.owner === "client"), now);
+  }
+
+  function renderMessages(messages, now) {
+    messages.sort((a, b) => a.due.localeCompare(b.due));
+    const table = html("table", "table queue-table messages-table");
+    table.append(html("caption", "sr-only", "Messages to send to clients, soonest first"));
+    const head = html("tr");
+    for (const column of ["Send by", "Message", "Client"]) {
+      const th = html("th", null, column);
+      th.scope = "col";
+      head.append(th);
+    }
+    const thead = html("thead");
+    thead.append(head);
+    const body = html("tbody");
+    for (const task of messages.slice(0, QUEUE_ROWS)) {
+      const row = html("tr");
+      row.dataset.task = task.id;
+      row.dataset.code = task.code;
+      const what = html("span", "task-what");
+      what.append(html("span", "code", task.code), html("span", "desc muted small", task.description || ""));
+      for (const [name, content] of [["Send by", K.dueCell(task, now)], ["Message", what], ["Client", K.clientLink(task.for)]]) {
+        const td = html("td");
+        td.dataset.label = name;
+        td.append(content);
+        row.append(td);
+      }
+      body.append(row);
+    }
+    table.append(thead, body);
+    $("messages").replaceChildren(table);
+    $("messages-count").textContent = `${fmt(messages.length)} to send`;
+    $("messages-empty").hidden = messages.length > 0;
   }
 
   function afterAction(message, isError) {
@@ -380,6 +464,7 @@
 
   async function start() {
     try {
+      await K.loadPageOptions().catch(() => null); // the clinic's time zone, before any time
       if (!pathway) {
         pathway = await api("/v1/pathway");
         drawPathway();
@@ -400,9 +485,13 @@
     stopStream();
     setConnection("offline", "signed out");
   });
-  for (const id of ["filter-owner", "filter-priority", "filter-overdue"]) {
+  for (const id of ["filter-owner", "filter-priority", "queue-views"]) {
     $(id).addEventListener("change", scheduleQueue);
   }
+  $("state-clients-close").addEventListener("click", () => {
+    $("state-clients").hidden = true;
+    delete $("state-clients").dataset.state;
+  });
   $("queue-filters").addEventListener("submit", (event) => event.preventDefault());
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
