@@ -21,14 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kapflow.entrypoints.http.auth import require
 from kapflow.entrypoints.http.context import principal, server_now, services
-from kapflow.entrypoints.http.errors import ApiError, errors_for
+from kapflow.entrypoints.http.errors import ApiError, errors_for, recording_refusals
 from kapflow.entrypoints.http.reads import ClientIdPath, json_response
 from kapflow.service.access import ApiKey, Permission, Role, is_person
 from kapflow.service.break_glass import ClientNotFound, InvalidBreakGlass, invoke_break_glass
 from kapflow.service.ingest import IngestResult, RawInput
-from kapflow.service.writer import WriterClosed, WriterOverloaded
 from kapflow.settings import SettingsError, load_break_glass_settings
-from kapflow.store.base import StoreError
 
 log = logging.getLogger("kapflow.http.break_glass")
 router = APIRouter(tags=["clients"])
@@ -101,15 +99,16 @@ def break_glass(
         return ctx.writer.submit(items).result()
 
     try:
-        result = invoke_break_glass(
-            ctx.store,
-            record,
-            client_id,
-            actor=key.name,
-            reason=body.reason,
-            minutes=_minutes(),
-            at=server_now(),
-        )
+        with recording_refusals(log, "break-glass"):
+            result = invoke_break_glass(
+                ctx.store,
+                record,
+                client_id,
+                actor=key.name,
+                reason=body.reason,
+                minutes=_minutes(),
+                at=server_now(),
+            )
     except ClientNotFound:
         raise ApiError(404, "not_found", "no such client", client_id=client_id) from None
     except InvalidBreakGlass as invalid:
@@ -119,15 +118,6 @@ def break_glass(
             "the request breaks the event contract",
             reasons=[reason.as_dict() for reason in invalid.reasons],
         ) from None
-    except WriterOverloaded:
-        raise ApiError(
-            503, "overloaded", "too many events queued; retry", headers={"Retry-After": "1"}
-        ) from None
-    except WriterClosed:
-        raise ApiError(503, "shutting_down", "the service is stopping; retry") from None
-    except StoreError as error:
-        log.error("break-glass failed: %s", type(error).__name__)
-        raise ApiError(503, "database_unavailable", "nothing was recorded; retry") from None
     # Loud on purpose (issue 18): ids and codes only, never the record.
     log.warning(
         "break-glass invoked: actor=%s role=%s client=%s reason=%s outcome=%s event=%s",

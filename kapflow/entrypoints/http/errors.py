@@ -9,6 +9,8 @@ necessary; README privacy note).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kapflow.service.writer import WriterClosed, WriterOverloaded
 from kapflow.store.base import StoreError
 
 log = logging.getLogger("kapflow.http")
@@ -157,3 +160,23 @@ class InternalErrorGuard:
                     500, "internal_error", "internal error; the request was logged"
                 )
                 await response(scope, receive, send)
+
+
+@contextmanager
+def recording_refusals(
+    log: logging.Logger, what: str, detail: str = "nothing was recorded; retry"
+) -> Iterator[None]:
+    """The single writer's refusals as the API's 503s, one translation for every route that
+    records through it: queue full (retry after 1 s), shutting down, or the store unwell
+    (logged by error class only: a database message could quote a value)."""
+    try:
+        yield
+    except WriterOverloaded:
+        raise ApiError(
+            503, "overloaded", "too many events queued; retry", headers={"Retry-After": "1"}
+        ) from None
+    except WriterClosed:
+        raise ApiError(503, "shutting_down", "the service is stopping; retry") from None
+    except StoreError as error:
+        log.error("%s failed: %s", what, type(error).__name__)
+        raise ApiError(503, "database_unavailable", detail) from None

@@ -32,12 +32,10 @@ from fastapi.responses import Response
 from events import EVENT_TYPES
 from kapflow.entrypoints.http.auth import require
 from kapflow.entrypoints.http.context import services
-from kapflow.entrypoints.http.errors import ApiError, errors_for
+from kapflow.entrypoints.http.errors import ApiError, errors_for, recording_refusals
 from kapflow.entrypoints.http.schemas import OutcomeOut
 from kapflow.service.access import ApiKey, Permission
 from kapflow.service.identity import SOURCE_NOT_ALLOWED
-from kapflow.service.writer import WriterClosed, WriterOverloaded
-from kapflow.store.base import StoreError
 
 log = logging.getLogger("kapflow.http.events")
 router = APIRouter(tags=["events"])
@@ -300,19 +298,9 @@ async def publish_events(
     if foreign:
         ctx.metrics.identity_refusals.labels(SOURCE_NOT_ALLOWED).inc(len(foreign))
         raise _source_refusal(key, foreign)
-    try:
+    detail = "nothing was recorded; retry (events are idempotent)"
+    with recording_refusals(log, "publish", detail):
         results = await ctx.writer.publish(raw)
-    except WriterOverloaded:
-        raise ApiError(
-            503, "overloaded", "too many events queued; retry", headers={"Retry-After": "1"}
-        ) from None
-    except WriterClosed:
-        raise ApiError(503, "shutting_down", "the service is stopping; retry") from None
-    except StoreError as error:
-        log.error("publish failed: %s", type(error).__name__)
-        raise ApiError(
-            503, "database_unavailable", "nothing was recorded; retry (events are idempotent)"
-        ) from None
     outcomes = [result.as_dict() for result in results]
     summary = Counter(result.outcome for result in results)
     return Response(

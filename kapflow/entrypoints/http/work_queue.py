@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from events.operations import TaskOwner
 from kapflow.entrypoints.http.auth import require
 from kapflow.entrypoints.http.context import principal, server_now, services
-from kapflow.entrypoints.http.errors import ApiError, errors_for
+from kapflow.entrypoints.http.errors import ApiError, errors_for, recording_refusals
 from kapflow.entrypoints.http.reads import json_response
 from kapflow.entrypoints.http.schemas import TaskOut
 from kapflow.service.access import Permission
@@ -32,8 +32,6 @@ from kapflow.service.work_queue import (
     TaskNotFound,
     act_on_task,
 )
-from kapflow.service.writer import WriterClosed, WriterOverloaded
-from kapflow.store.base import StoreError
 
 log = logging.getLogger("kapflow.http.tasks")
 router = APIRouter(tags=["tasks"])
@@ -103,14 +101,15 @@ def _act(request: Request, action: TaskAction, idempotency_key: str | None) -> R
         return ctx.writer.submit(items).result()
 
     try:
-        result = act_on_task(
-            ctx.store,
-            record,
-            action,
-            actor=principal(request).name,
-            at=server_now(),
-            idempotency_key=idempotency_key,
-        )
+        with recording_refusals(log, "task action"):
+            result = act_on_task(
+                ctx.store,
+                record,
+                action,
+                actor=principal(request).name,
+                at=server_now(),
+                idempotency_key=idempotency_key,
+            )
     except TaskNotFound:
         raise ApiError(404, "not_found", "no such task", task_id=action.task_id) from None
     except TaskAlreadyClosed as closed:
@@ -127,15 +126,6 @@ def _act(request: Request, action: TaskAction, idempotency_key: str | None) -> R
             "the action breaks the event contract",
             reasons=[reason.as_dict() for reason in invalid.reasons],
         ) from None
-    except WriterOverloaded:
-        raise ApiError(
-            503, "overloaded", "too many events queued; retry", headers={"Retry-After": "1"}
-        ) from None
-    except WriterClosed:
-        raise ApiError(503, "shutting_down", "the service is stopping; retry") from None
-    except StoreError as error:
-        log.error("task action failed: %s", type(error).__name__)
-        raise ApiError(503, "database_unavailable", "nothing was recorded; retry") from None
     log.info(
         "task %s action=%s outcome=%s event=%s",
         action.task_id,
