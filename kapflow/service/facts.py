@@ -95,9 +95,13 @@ class DerivationCache:
     history length and head (another process may have recorded since), and is read again
     from the history otherwise."""
 
-    def __init__(self, capacity: int = 8192, window: int = 64) -> None:
+    def __init__(self, capacity: int = 8192, window: int = 10**9) -> None:
         self.capacity = capacity
-        self.window = window  # facts kept per client (memory stays bounded)
+        # Facts kept per client. Trimming to a window (64) let concurrent HTTP ingest record
+        # an outcome verify did not reproduce (about 1 run in 12 of the 24-thread writer
+        # test; cause not yet found), so no trimming by default: memory is bounded by
+        # `capacity` clients times their history length.
+        self.window = window
         self._entries: OrderedDict[str, Derivation] = OrderedDict()
         self.hits = self.misses = 0
 
